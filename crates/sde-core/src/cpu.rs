@@ -1,0 +1,224 @@
+//! The CPU implementation of [`Backend`]: plain `Vec<f32>` storage with
+//! cache-friendly loops. It is a first-class backend (what machines without a
+//! GPU run) and the reference every other backend is tested against.
+
+use crate::backend::check_same_shape;
+use crate::{Backend, Coef, Error, NoiseKey, Result, Shape};
+
+/// A tensor in host memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    shape: Shape,
+    data: Vec<f32>,
+}
+
+impl CpuTensor {
+    /// Wraps `data` with `shape`, checking the element count.
+    pub fn new(data: Vec<f32>, shape: Shape) -> Result<Self> {
+        if data.len() != shape.numel() {
+            return Err(Error::LengthMismatch {
+                op: "CpuTensor::new",
+                expected: shape.numel(),
+                got: data.len(),
+                shape,
+            });
+        }
+        Ok(CpuTensor { shape, data })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The elements, row-major.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Mutable access to the elements.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+
+    /// The elements of sample `n`.
+    pub fn sample(&self, n: usize) -> &[f32] {
+        let d = self.shape.sample_numel();
+        &self.data[n * d..(n + 1) * d]
+    }
+
+    /// Consumes the tensor, returning its elements.
+    pub fn into_vec(self) -> Vec<f32> {
+        self.data
+    }
+}
+
+/// The CPU backend. Stateless; cheap to copy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    fn filled(&self, shape: &Shape, fill: impl FnOnce(&mut [f32])) -> CpuTensor {
+        let mut data = vec![0.0f32; shape.numel()];
+        fill(&mut data);
+        CpuTensor {
+            shape: shape.clone(),
+            data,
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn shape<'a>(&self, x: &'a CpuTensor) -> &'a Shape {
+        &x.shape
+    }
+
+    fn tensor(&self, data: Vec<f32>, shape: &Shape) -> Result<CpuTensor> {
+        CpuTensor::new(data, shape.clone())
+    }
+
+    fn to_vec(&self, x: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(x.data.clone())
+    }
+
+    fn full(&self, shape: &Shape, value: f32) -> Result<CpuTensor> {
+        Ok(CpuTensor {
+            shape: shape.clone(),
+            data: vec![value; shape.numel()],
+        })
+    }
+
+    fn lincomb(&self, terms: &[(Coef<'_>, &CpuTensor)]) -> Result<CpuTensor> {
+        let (_, first) = terms.first().ok_or_else(|| Error::InvalidParameter {
+            name: "terms",
+            value: "[]".into(),
+            reason: "lincomb needs at least one term".into(),
+        })?;
+        let shape = &first.shape;
+        for (c, x) in terms {
+            check_same_shape("lincomb", shape, &x.shape)?;
+            c.check("lincomb", shape.batch())?;
+        }
+        let d = shape.sample_numel();
+        let mut out = vec![0.0f32; shape.numel()];
+        for (n, o) in out.chunks_exact_mut(d).enumerate() {
+            let (c0, x0) = &terms[0];
+            let c0 = c0.at(n);
+            for (o, &x) in o.iter_mut().zip(x0.sample(n)) {
+                *o = c0 * x;
+            }
+            for (c, x) in &terms[1..] {
+                let c = c.at(n);
+                for (o, &x) in o.iter_mut().zip(x.sample(n)) {
+                    *o += c * x;
+                }
+            }
+        }
+        Ok(CpuTensor {
+            shape: shape.clone(),
+            data: out,
+        })
+    }
+
+    fn mul(&self, x: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
+        check_same_shape("mul", &x.shape, &y.shape)?;
+        let data = x.data.iter().zip(&y.data).map(|(a, b)| a * b).collect();
+        Ok(CpuTensor {
+            shape: x.shape.clone(),
+            data,
+        })
+    }
+
+    fn masked_blend(&self, x: &CpuTensor, y: &CpuTensor, mask: &CpuTensor) -> Result<CpuTensor> {
+        check_same_shape("masked_blend", &x.shape, &y.shape)?;
+        let broadcast = mask.shape != x.shape;
+        if broadcast {
+            check_same_shape("masked_blend (mask)", &x.shape.with_batch(1)?, &mask.shape)?;
+        }
+        let d = x.shape.sample_numel();
+        let mut data = Vec::with_capacity(x.data.len());
+        for n in 0..x.shape.batch() {
+            let m = if broadcast {
+                mask.sample(0)
+            } else {
+                mask.sample(n)
+            };
+            data.extend(
+                x.sample(n)
+                    .iter()
+                    .zip(y.sample(n))
+                    .zip(m)
+                    .map(|((&a, &b), &m)| a * (1.0 - m) + b * m),
+            );
+        }
+        debug_assert_eq!(data.len(), d * x.shape.batch());
+        Ok(CpuTensor {
+            shape: x.shape.clone(),
+            data,
+        })
+    }
+
+    fn sample_dot(&self, x: &CpuTensor, y: &CpuTensor) -> Result<Vec<f64>> {
+        check_same_shape("sample_dot", &x.shape, &y.shape)?;
+        Ok((0..x.shape.batch())
+            .map(|n| {
+                x.sample(n)
+                    .iter()
+                    .zip(y.sample(n))
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum()
+            })
+            .collect())
+    }
+
+    fn sample_scaled_rms(
+        &self,
+        err: &CpuTensor,
+        y0: &CpuTensor,
+        y1: &CpuTensor,
+        atol: f64,
+        rtol: f64,
+    ) -> Result<Vec<f64>> {
+        check_same_shape("sample_scaled_rms", &err.shape, &y0.shape)?;
+        check_same_shape("sample_scaled_rms", &err.shape, &y1.shape)?;
+        let d = err.shape.sample_numel() as f64;
+        Ok((0..err.shape.batch())
+            .map(|n| {
+                let sum: f64 = err
+                    .sample(n)
+                    .iter()
+                    .zip(y0.sample(n))
+                    .zip(y1.sample(n))
+                    .map(|((&e, &a), &b)| {
+                        let scale = atol + rtol * f64::from(a.abs().max(b.abs()));
+                        let r = f64::from(e) / scale;
+                        r * r
+                    })
+                    .sum();
+                (sum / d).sqrt()
+            })
+            .collect())
+    }
+
+    fn gaussian(&self, shape: &Shape, key: NoiseKey) -> Result<CpuTensor> {
+        Ok(self.filled(shape, |out| key.fill_gaussian(out)))
+    }
+
+    fn uniform(&self, shape: &Shape, key: NoiseKey) -> Result<CpuTensor> {
+        Ok(self.filled(shape, |out| key.fill_uniform(out)))
+    }
+
+    fn rademacher(&self, shape: &Shape, key: NoiseKey) -> Result<CpuTensor> {
+        Ok(self.filled(shape, |out| key.fill_rademacher(out)))
+    }
+
+    fn check_finite(&self, x: &CpuTensor, what: &str) -> Result<()> {
+        crate::error::check_finite(what, &x.data)
+    }
+}

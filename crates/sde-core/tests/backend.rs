@@ -1,0 +1,145 @@
+//! The CPU backend's operations against direct formulas, and its errors.
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
+use sde_core::{Backend, Coef, CpuBackend, Error, NoiseKey, Shape};
+
+fn t(b: &CpuBackend, v: &[f32], dims: &[usize]) -> sde_core::CpuTensor {
+    b.tensor(v.to_vec(), &Shape::new(dims.to_vec()).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn lincomb_with_scalar_and_per_sample_coefficients() {
+    let b = CpuBackend;
+    let x = t(&b, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
+    let y = t(&b, &[-1.0, 0.5, 0.0, 2.0, 1.0, -3.0], &[2, 3]);
+    let per = [2.0, -1.0];
+    let out = b
+        .lincomb(&[
+            (Coef::Scalar(0.5), &x),
+            (Coef::PerSample(&per), &y),
+            (Coef::Scalar(1.0), &x),
+        ])
+        .unwrap();
+    let want = [-0.5, 4.0, 4.5, 4.0, 6.5, 12.0];
+    assert_eq!(b.to_vec(&out).unwrap(), want);
+    assert_eq!(
+        b.to_vec(&b.sub(&x, &y).unwrap()).unwrap(),
+        [2.0, 1.5, 3.0, 2.0, 4.0, 9.0]
+    );
+    assert_eq!(
+        b.to_vec(&b.add(&x, &y).unwrap()).unwrap(),
+        [0.0, 2.5, 3.0, 6.0, 6.0, 3.0]
+    );
+    assert_eq!(
+        b.to_vec(&b.mul(&x, &y).unwrap()).unwrap(),
+        [-1.0, 1.0, 0.0, 8.0, 5.0, -18.0]
+    );
+    assert_eq!(
+        b.to_vec(&b.scale(&x, Coef::PerSample(&per)).unwrap())
+            .unwrap(),
+        [2.0, 4.0, 6.0, -4.0, -5.0, -6.0]
+    );
+}
+
+#[test]
+fn masked_blend_full_and_broadcast() {
+    let b = CpuBackend;
+    let x = t(&b, &[1.0, 2.0, 3.0, 4.0], &[2, 2]);
+    let y = t(&b, &[10.0, 20.0, 30.0, 40.0], &[2, 2]);
+    let full = t(&b, &[1.0, 0.0, 0.0, 1.0], &[2, 2]);
+    assert_eq!(
+        b.to_vec(&b.masked_blend(&x, &y, &full).unwrap()).unwrap(),
+        [10.0, 2.0, 3.0, 40.0]
+    );
+    let one = t(&b, &[0.0, 0.5], &[1, 2]);
+    assert_eq!(
+        b.to_vec(&b.masked_blend(&x, &y, &one).unwrap()).unwrap(),
+        [1.0, 11.0, 3.0, 22.0]
+    );
+    let bad = t(&b, &[0.0, 0.5, 1.0], &[1, 3]);
+    assert!(matches!(
+        b.masked_blend(&x, &y, &bad),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn per_sample_reductions() {
+    let b = CpuBackend;
+    let x = t(&b, &[3.0, 4.0, 1.0, 0.0], &[2, 2]);
+    let y = t(&b, &[1.0, 1.0, -2.0, 5.0], &[2, 2]);
+    assert_eq!(b.sample_dot(&x, &y).unwrap(), [7.0, -2.0]);
+    assert_eq!(b.sample_norm(&x).unwrap(), [5.0, 1.0]);
+    // err / (atol + rtol max(|y0|,|y1|)), RMS over each sample.
+    let err = t(&b, &[0.1, 0.2, 0.0, 0.3], &[2, 2]);
+    let rms = b.sample_scaled_rms(&err, &x, &y, 0.1, 0.5).unwrap();
+    let s0 = ((0.1f64 / 1.6).powi(2) + (0.2f64 / 2.1).powi(2)) / 2.0;
+    let s1 = (0.0 + (0.3f64 / 2.6).powi(2)) / 2.0;
+    assert!((rms[0] - s0.sqrt()).abs() < 1e-7 && (rms[1] - s1.sqrt()).abs() < 1e-7);
+}
+
+#[test]
+fn noise_fills_follow_the_key_stream() {
+    let b = CpuBackend;
+    let shape = Shape::new([3, 5]).unwrap();
+    let key = NoiseKey::new(1, 2);
+    let mut want = vec![0.0; 15];
+    key.fill_gaussian(&mut want);
+    assert_eq!(b.to_vec(&b.gaussian(&shape, key).unwrap()).unwrap(), want);
+    key.fill_uniform(&mut want);
+    assert_eq!(b.to_vec(&b.uniform(&shape, key).unwrap()).unwrap(), want);
+    key.fill_rademacher(&mut want);
+    assert_eq!(b.to_vec(&b.rademacher(&shape, key).unwrap()).unwrap(), want);
+    assert_eq!(b.to_vec(&b.zeros(&shape).unwrap()).unwrap(), vec![0.0; 15]);
+}
+
+#[test]
+fn shape_and_batch_errors() {
+    let b = CpuBackend;
+    let x = t(&b, &[1.0; 6], &[2, 3]);
+    let y = t(&b, &[1.0; 6], &[3, 2]);
+    assert!(matches!(
+        b.lincomb(&[(Coef::Scalar(1.0), &x), (Coef::Scalar(1.0), &y)]),
+        Err(Error::ShapeMismatch { op: "lincomb", .. })
+    ));
+    assert!(matches!(
+        b.lincomb(&[(Coef::PerSample(&[1.0, 2.0, 3.0]), &x)]),
+        Err(Error::BatchMismatch {
+            expected: 2,
+            got: 3,
+            ..
+        })
+    ));
+    assert!(matches!(
+        b.lincomb(&[]),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        b.sample_dot(&x, &y),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(b.mul(&x, &y), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(
+        b.tensor(vec![1.0; 5], &Shape::new([2, 3]).unwrap()),
+        Err(Error::LengthMismatch {
+            expected: 6,
+            got: 5,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn non_finite_values_are_reported_with_their_index() {
+    let b = CpuBackend;
+    let x = t(&b, &[1.0, f32::NAN, 2.0, f32::INFINITY], &[2, 2]);
+    match b.check_finite(&x, "samples") {
+        Err(Error::NonFinite { what, index, .. }) => {
+            assert_eq!(what, "samples");
+            assert_eq!(index, 1);
+        }
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+    assert!(b.check_finite(&t(&b, &[1.0, 2.0], &[2]), "ok").is_ok());
+}
