@@ -301,8 +301,11 @@ impl GaussianMixture {
     }
 }
 
-/// The exact score of `p_t` when the data `p_0` is a Gaussian mixture (with
-/// clean-data convention, see [`crate::sde`]): `p_t = mixture.perturbed(m(t), s(t))`.
+/// The exact score of `p_t = mixture.perturbed(m(t), s(t))` for clean data
+/// distributed as a Gaussian mixture. For VP and sub-VP `s(0) = 0`, so `p_0` is
+/// the mixture itself; for VE `s(0) = sigma_min`, so `p_0` is the mixture
+/// convolved with `N(0, sigma_min^2 I)` and `log_prob(x, 0)` is the density of
+/// that, not of the clean mixture (see [`crate::sde`] on the VE convention).
 #[derive(Clone, Debug)]
 pub struct AnalyticScore<S> {
     data: GaussianMixture,

@@ -7,9 +7,11 @@
 //! - tensors hold `f32`, row-major, batch first ([`Shape`]);
 //! - per-sample quantities (coefficients, norms, dot products) have one entry per
 //!   batch element, so every sample can have its own time and step size;
-//! - reductions accumulate in `f64` on the host side of the API;
+//! - reductions are returned as `f64` (the CPU backend accumulates in `f64`;
+//!   GPU backends may sum in `f32`);
 //! - random fills follow the stream layout documented in [`crate::rng`], so a
-//!   [`NoiseKey`] yields the same numbers on every backend.
+//!   [`NoiseKey`] yields the same numbers on every backend (Gaussian fills up to
+//!   the platform's transcendental-function accuracy).
 
 use crate::{Error, NoiseKey, Result, Shape};
 
@@ -108,6 +110,23 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// `x - y`.
     fn sub(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<Self::Tensor> {
         self.lincomb(&[(Coef::Scalar(1.0), x), (Coef::Scalar(-1.0), y)])
+    }
+
+    /// Per-sample selection: sample `n` of the result is sample `n` of `new`
+    /// where `take_new[n]`, else of `old`. Unlike a 0/1 linear combination it
+    /// never mixes the two, so an infinite or NaN sample in the side not taken
+    /// cannot leak into the result (adaptive solvers reject such trial steps).
+    fn select(
+        &self,
+        take_new: &[bool],
+        new: &Self::Tensor,
+        old: &Self::Tensor,
+    ) -> Result<Self::Tensor>;
+
+    /// Waits until all queued work on the device has finished (a no-op on the
+    /// CPU). Benchmarks call it inside the timed closure.
+    fn sync(&self) -> Result<()> {
+        Ok(())
     }
 
     /// Elementwise product `x * y`.

@@ -126,6 +126,25 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn select(&self, take_new: &[bool], new: &CpuTensor, old: &CpuTensor) -> Result<CpuTensor> {
+        check_same_shape("select", &new.shape, &old.shape)?;
+        if take_new.len() != new.shape.batch() {
+            return Err(Error::BatchMismatch {
+                op: "select",
+                expected: new.shape.batch(),
+                got: take_new.len(),
+            });
+        }
+        let mut data = Vec::with_capacity(new.data.len());
+        for (n, &t) in take_new.iter().enumerate() {
+            data.extend_from_slice(if t { new.sample(n) } else { old.sample(n) });
+        }
+        Ok(CpuTensor {
+            shape: new.shape.clone(),
+            data,
+        })
+    }
+
     fn mul(&self, x: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
         check_same_shape("mul", &x.shape, &y.shape)?;
         let data = x.data.iter().zip(&y.data).map(|(a, b)| a * b).collect();

@@ -77,7 +77,9 @@ pub struct DsmBatch<T> {
     pub x_t: T,
 }
 
-/// Draws times and noise for the clean batch `x0` and perturbs it.
+/// Draws times and noise for the clean batch `x0` and perturbs it. The data
+/// are not scanned for NaNs here (that would cost a device download per batch);
+/// data sets validate their values when they are loaded.
 pub fn dsm_batch<B: Backend, S: Sde + ?Sized>(
     b: &B,
     sde: &S,
@@ -85,12 +87,29 @@ pub fn dsm_batch<B: Backend, S: Sde + ?Sized>(
     eps: f64,
     rng: &mut NoiseRng,
 ) -> Result<DsmBatch<B::Tensor>> {
-    b.check_finite(x0, "training data")?;
     let shape = b.shape(x0).clone();
     let t = sample_times(rng, shape.batch(), eps, sde.t_max())?;
     let z = b.gaussian(&shape, rng.next_key())?;
     let x_t = sde.perturb(b, x0, &z, &t)?;
     Ok(DsmBatch { t, z, x_t })
+}
+
+/// Per-sample `s(t)`, failing where it is not positive (the target `-z/s`
+/// is undefined there: `t = 0` for VP and sub-VP).
+fn kernel_stds<S: Sde + ?Sized>(sde: &S, t: &[f64]) -> Result<Vec<f64>> {
+    t.iter()
+        .map(|&t| {
+            sde.check_time(t)?;
+            let s = sde.marginal(t).std;
+            ensure_param(
+                s > 0.0,
+                "t",
+                t,
+                "the perturbation kernel has zero std there; use t >= eps > 0",
+            )?;
+            Ok(s)
+        })
+        .collect()
 }
 
 /// The DSM target `grad log p_0t(x_t | x_0) = -z / s(t)`.
@@ -99,7 +118,8 @@ pub fn dsm_target<B: Backend, S: Sde + ?Sized>(
     sde: &S,
     batch: &DsmBatch<B::Tensor>,
 ) -> Result<B::Tensor> {
-    let c = coefs_f32(batch.t.iter().map(|&t| -1.0 / sde.marginal(t).std));
+    let stds = kernel_stds(sde, &batch.t)?;
+    let c = coefs_f32(stds.iter().map(|s| -1.0 / s));
     b.scale(&batch.z, Coef::PerSample(&c))
 }
 
@@ -126,7 +146,7 @@ pub fn dsm_loss<B: Backend, S: Sde + ?Sized>(
     let shape = b.shape(score).clone();
     crate::backend::check_same_shape("dsm_loss", b.shape(&batch.z), &shape)?;
     sde.check_times(&batch.t, shape.batch())?;
-    let inv_s = coefs_f32(batch.t.iter().map(|&t| 1.0 / sde.marginal(t).std));
+    let inv_s = coefs_f32(kernel_stds(sde, &batch.t)?.iter().map(|s| 1.0 / s));
     let residual = b.lincomb(&[
         (Coef::Scalar(1.0), score),
         (Coef::PerSample(&inv_s), &batch.z),

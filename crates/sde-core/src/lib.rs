@@ -39,6 +39,7 @@
 
 pub mod analytic;
 pub mod backend;
+pub mod conformance;
 pub mod cpu;
 pub mod dsm;
 pub mod error;
@@ -53,7 +54,8 @@ pub use error::{Error, Result};
 pub use model::ScoreModel;
 pub use rng::{NoiseKey, NoiseRng};
 pub use sde::{
-    AnySde, Discretization, Marginal, Sde, SdeConfig, SdeExt, SdeKind, SubVpSde, VeSde, VpSde,
+    AnySde, DiscreteSchedule, Discretization, Marginal, Sde, SdeConfig, SdeExt, SdeKind, SubVpSde,
+    VeSde, VpSde,
 };
 pub use shape::Shape;
 

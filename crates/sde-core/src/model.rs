@@ -13,7 +13,7 @@ pub trait ScoreModel<B: Backend> {
     /// The score and the vector-Jacobian product `v^T (d s / d x)` at each
     /// sample (the Jacobian is block-diagonal over the batch). One call costs
     /// one forward and one backward pass; the likelihood's divergence estimator
-    /// and classifier guidance use it.
+    /// uses it (Hutchinson: one call per evaluation; exact: one per dimension).
     fn score_and_vjp(
         &self,
         backend: &B,

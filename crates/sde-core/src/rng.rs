@@ -1,7 +1,7 @@
 //! Counter-based random numbers: Philox4x32-10 (Salmon et al., SC'11, the
 //! Random123 generator), chosen because it is stateless and can be evaluated
-//! identically in Rust and in WGSL, so a seed gives the same noise on every
-//! backend.
+//! in Rust and in WGSL from the same integers, so a seed gives the same noise
+//! on every backend (see below for the precision of Gaussian fills).
 //!
 //! # Stream layout (the contract every backend implements)
 //! A [`NoiseKey`] `{seed, stream}` names one infinite sequence. Element `i` of a
@@ -10,9 +10,17 @@
 //! lane `i % 4`:
 //! - uniform: [`u32_to_unit_f32`] of the lane, in the open interval (0, 1);
 //! - Gaussian: Box–Muller on the lane pair `(2p, 2p+1)`, `p = (i % 4) / 2`:
-//!   `r = sqrt(-2 ln u_{2p})`, element is `r cos(2 pi u_{2p+1})` for an even lane
-//!   and `r sin(2 pi u_{2p+1})` for an odd lane;
+//!   `r = sqrt(max(0, -2 ln u_{2p}))`, `theta = pi (2 u_{2p+1} - 1)` (in
+//!   `[-pi, pi]`, where WGSL bounds the error of `sin`/`cos`), element is
+//!   `r cos(theta)` for an even lane and `r sin(theta)` for an odd lane;
 //! - Rademacher: `-1` when the lane's top bit is set, `+1` otherwise.
+//!
+//! Uniform and Rademacher fills are bit-identical on every backend (integer
+//! maths and exact conversions). Gaussian fills agree to within the accuracy
+//! of each platform's `ln`, `sqrt`, `sin` and `cos` (WGSL allows absolute
+//! errors around 1e-3 near the tails), so cross-backend tests compare them with
+//! a tolerance. Philox in WGSL needs the 32x32 -> 64-bit multiply built from
+//! 16-bit limbs; everything else is 32-bit integer arithmetic.
 //!
 //! [`NoiseRng`] hands out fresh keys (one stream per draw) and is serialisable,
 //! so samplers and trainers can checkpoint and resume their noise exactly.
@@ -63,11 +71,13 @@ pub fn u64_to_unit_f64(x: u64) -> f64 {
     ((x >> 12) as f64 + 0.5) * (1.0 / 4_503_599_627_370_496.0)
 }
 
-/// Box–Muller transform of two uniforms in (0, 1) into two independent standard normals.
+/// Box–Muller transform of two uniforms in (0, 1) into two independent
+/// standard normals, in the form every backend implements:
+/// `r = sqrt(max(0, -2 ln u1))`, `theta = pi (2 u2 - 1)`, `(r cos theta, r sin theta)`.
 #[inline(always)]
 pub fn box_muller(u1: f32, u2: f32) -> (f32, f32) {
-    let r = (-2.0 * u1.ln()).sqrt();
-    let (s, c) = (std::f32::consts::TAU * u2).sin_cos();
+    let r = (-2.0 * u1.ln()).max(0.0).sqrt();
+    let (s, c) = (std::f32::consts::PI * (2.0 * u2 - 1.0)).sin_cos();
     (r * c, r * s)
 }
 

@@ -67,6 +67,18 @@ pub struct Discretization {
     pub noise_std: f64,
 }
 
+/// The discrete noise schedule behind an SDE's discretisation, when it has one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DiscreteSchedule<'a> {
+    /// SMLD noise levels `sigma_i` (VE).
+    Sigmas(&'a [f64]),
+    /// DDPM `beta_i` / `alpha_i` (VP; sub-VP exposes the same schedule for the
+    /// Langevin corrector's `alpha_i`).
+    Betas(&'a DiscreteBetas),
+    /// No discrete schedule (Euler–Maruyama only).
+    None,
+}
+
 /// A forward SDE with affine drift `f(x,t) = a(t) x` and diffusion `g(t)`.
 pub trait Sde: Send + Sync + std::fmt::Debug {
     /// The family.
@@ -91,8 +103,10 @@ pub trait Sde: Send + Sync + std::fmt::Debug {
 
     /// The exact kernel of the SDE from time `s` to time `t >= s`:
     /// `x(t) | x(s) ~ N(r x(s), v I)` with `r = m(t)/m(s)` and
-    /// `v = s(t)^2 - r^2 s(s)^2` (valid for any affine-drift SDE).
+    /// `v = s(t)^2 - r^2 s(s)^2` (valid for any affine-drift SDE). Requires
+    /// `s <= t` (checked in debug builds).
     fn transition(&self, s: f64, t: f64) -> Marginal {
+        debug_assert!(s <= t, "transition needs s <= t, got s = {s}, t = {t}");
         let ms = self.marginal(s);
         let mt = self.marginal(t);
         let r = mt.mean_coef / ms.mean_coef;
@@ -117,6 +131,11 @@ pub trait Sde: Send + Sync + std::fmt::Debug {
         }
     }
 
+    /// The discrete schedule (SMLD sigmas or DDPM betas), if the SDE has one.
+    fn discrete_schedule(&self) -> DiscreteSchedule<'_> {
+        DiscreteSchedule::None
+    }
+
     /// The reference default for the sampler's end time `eps_s`
     /// (`1e-5` for VE, `1e-3` for VP and sub-VP).
     fn default_sampling_eps(&self) -> f64;
@@ -124,7 +143,7 @@ pub trait Sde: Send + Sync + std::fmt::Debug {
     /// The discrete step `i` for time `t`: `floor(t (N - 1) / T)` as in the
     /// reference code, clamped to `[0, N - 1]`, with a guard of `1e-6` steps so
     /// that a time exactly on step `i` maps to `i` despite rounding (the plain
-    /// reference formula sends e.g. `t = 289/999` to step 288).
+    /// reference formula sends e.g. `t = 63/999` to step 62 for N = 1000).
     fn step_index(&self, t: f64) -> usize {
         let n = self.num_steps();
         let i = (t * (n - 1) as f64 / self.t_max() + 1e-6).floor();
@@ -146,6 +165,17 @@ pub trait Sde: Send + Sync + std::fmt::Debug {
 
 fn check_steps(n: usize) -> Result<()> {
     ensure_param(n >= 1, "num_steps", n, "N must be at least 1")
+}
+
+/// The DDPM chain needs `beta_i = beta(t)/N < 1` for every step.
+fn check_ddpm_steps(beta_max: f64, n: usize) -> Result<()> {
+    check_steps(n)?;
+    ensure_param(
+        beta_max / (n as f64) < 1.0,
+        "num_steps",
+        n,
+        format!("the DDPM step beta_max / N must be < 1, so N must exceed beta_max = {beta_max}"),
+    )
 }
 
 /// `linspace(a, b, n)` in `f64`, with the last element exactly `b` (n >= 2) .
@@ -257,6 +287,9 @@ impl Sde for VeSde {
     fn discretize(&self, t: f64) -> Discretization {
         self.discretize_step(self.step_index(t))
     }
+    fn discrete_schedule(&self) -> DiscreteSchedule<'_> {
+        DiscreteSchedule::Sigmas(&self.sigmas)
+    }
     fn default_sampling_eps(&self) -> f64 {
         1e-5
     }
@@ -341,10 +374,11 @@ pub struct VpSde {
 }
 
 impl VpSde {
-    /// A VP SDE; requires `0 <= beta_min < beta_max` (finite) and `N >= 1`.
+    /// A VP SDE; requires `0 <= beta_min < beta_max` (finite) and
+    /// `N > beta_max` (so that every DDPM step `beta_max / N < 1`).
     pub fn new(beta_min: f64, beta_max: f64, num_steps: usize) -> Result<Self> {
         let schedule = LinearBeta::new(beta_min, beta_max)?;
-        check_steps(num_steps)?;
+        check_ddpm_steps(beta_max, num_steps)?;
         Ok(VpSde {
             schedule,
             discrete: DiscreteBetas::new(beta_min, beta_max, num_steps),
@@ -395,6 +429,9 @@ impl Sde for VpSde {
     fn discretize(&self, t: f64) -> Discretization {
         self.discretize_step(self.step_index(t))
     }
+    fn discrete_schedule(&self) -> DiscreteSchedule<'_> {
+        DiscreteSchedule::Betas(&self.discrete)
+    }
     fn default_sampling_eps(&self) -> f64 {
         1e-3
     }
@@ -409,10 +446,11 @@ pub struct SubVpSde {
 }
 
 impl SubVpSde {
-    /// A sub-VP SDE; requires `0 <= beta_min < beta_max` (finite) and `N >= 1`.
+    /// A sub-VP SDE; requires `0 <= beta_min < beta_max` (finite) and
+    /// `N > beta_max` (its DDPM schedule scales the Langevin corrector).
     pub fn new(beta_min: f64, beta_max: f64, num_steps: usize) -> Result<Self> {
         let schedule = LinearBeta::new(beta_min, beta_max)?;
-        check_steps(num_steps)?;
+        check_ddpm_steps(beta_max, num_steps)?;
         Ok(SubVpSde {
             schedule,
             discrete: DiscreteBetas::new(beta_min, beta_max, num_steps),
@@ -453,6 +491,9 @@ impl Sde for SubVpSde {
     }
     fn prior_std(&self) -> f64 {
         1.0
+    }
+    fn discrete_schedule(&self) -> DiscreteSchedule<'_> {
+        DiscreteSchedule::Betas(&self.discrete)
     }
     fn default_sampling_eps(&self) -> f64 {
         1e-3
@@ -526,6 +567,17 @@ impl SdeConfig {
         }
     }
 
+    /// The same SDE with `N = num_steps` (samplers take their step count from the SDE).
+    pub fn with_num_steps(&self, n: usize) -> Self {
+        let mut out = self.clone();
+        match &mut out {
+            SdeConfig::Ve { num_steps, .. }
+            | SdeConfig::Vp { num_steps, .. }
+            | SdeConfig::SubVp { num_steps, .. } => *num_steps = n,
+        }
+        out
+    }
+
     /// Builds the SDE, validating the parameters.
     pub fn build(&self) -> Result<AnySde> {
         Ok(match *self {
@@ -575,15 +627,6 @@ impl AnySde {
             AnySde::SubVp(s) => s,
         }
     }
-
-    /// The discrete DDPM schedule (`None` for VE).
-    pub fn discrete_betas(&self) -> Option<&DiscreteBetas> {
-        match self {
-            AnySde::Ve(_) => None,
-            AnySde::Vp(s) => Some(s.discrete()),
-            AnySde::SubVp(s) => Some(s.discrete()),
-        }
-    }
 }
 
 impl Sde for AnySde {
@@ -619,6 +662,9 @@ impl Sde for AnySde {
     }
     fn step_index(&self, t: f64) -> usize {
         self.inner().step_index(t)
+    }
+    fn discrete_schedule(&self) -> DiscreteSchedule<'_> {
+        self.inner().discrete_schedule()
     }
 }
 
@@ -727,13 +773,21 @@ pub trait SdeExt: Sde {
 
     /// Per-sample prior log-density `-D/2 ln(2 pi v) - |z|^2 / (2 v)`, `v = prior_std^2`.
     fn prior_log_prob<B: Backend>(&self, b: &B, z: &B::Tensor) -> Result<Vec<f64>> {
-        b.check_finite(z, "prior_log_prob input")?;
         let d = b.shape(z).sample_numel() as f64;
         let v = self.prior_std().powi(2);
-        Ok(b.sample_dot(z, z)?
+        let lp: Vec<f64> = b
+            .sample_dot(z, z)?
             .into_iter()
             .map(|sq| -0.5 * d * (std::f64::consts::TAU * v).ln() - sq / (2.0 * v))
-            .collect())
+            .collect();
+        match lp.iter().position(|v| !v.is_finite()) {
+            None => Ok(lp),
+            Some(index) => Err(Error::NonFinite {
+                what: "prior_log_prob input (sample index)".into(),
+                index,
+                value: lp[index],
+            }),
+        }
     }
 }
 

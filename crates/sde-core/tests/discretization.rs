@@ -138,22 +138,71 @@ fn simulated_ddpm_chain_matches_closed_form() {
     assert_within_se("DDPM var", var, v, v * (2.0 / n as f64).sqrt(), 5.0);
 }
 
-/// The reverse discretisation is `x - f_i + G_i^2 score` with noise `G_i`.
+/// The reverse discretisation is `x - f_i + G_i^2 score` with noise `G_i`,
+/// written out from the schedules: SMLD (`f = 0`, `G^2 = sigma_i^2 - sigma_{i-1}^2`),
+/// DDPM (`x - f = (2 - sqrt(1 - beta_i)) x`, `G^2 = beta_i`) and Euler–Maruyama
+/// for sub-VP (`f = a(t) x / N`, `G^2 = g(t)^2 / N`).
 #[test]
 fn reverse_discrete_step_formula() {
     let b = CpuBackend;
-    let sde = VpSde::new(0.1, 20.0, 100).unwrap();
+    let n = 100;
     let shape = Shape::new([2, 2]).unwrap();
-    let x = b.tensor(vec![1.0, 2.0, -1.0, 0.5], &shape).unwrap();
-    let s = b.tensor(vec![0.3, -0.2, 1.0, 0.0], &shape).unwrap();
+    let xv = [1.0f64, 2.0, -1.0, 0.5];
+    let sv = [0.3f64, -0.2, 1.0, 0.0];
+    let x = b
+        .tensor(xv.iter().map(|&v| v as f32).collect(), &shape)
+        .unwrap();
+    let s = b
+        .tensor(sv.iter().map(|&v| v as f32).collect(), &shape)
+        .unwrap();
     let t = [0.5, 1.0];
-    let (mean, g) = sde.reverse_discrete_step(&b, &x, &t, &s).unwrap();
-    let mean = b.to_vec(&mean).unwrap();
-    let (xv, sv) = ([1.0, 2.0, -1.0, 0.5], [0.3, -0.2, 1.0, 0.0]);
-    for i in 0..4 {
-        let d = sde.discretize(t[i / 2]);
-        let want = xv[i] - d.drift_coef * xv[i] + d.noise_std.powi(2) * sv[i];
-        assert!((f64::from(mean[i]) - want).abs() < 1e-6);
-        assert_eq!(g[i / 2], d.noise_std);
+    let idx = |t: f64| ((t * (n - 1) as f64) + 1e-9).floor() as usize;
+    let ve = VeSde::new(0.01, 50.0, n).unwrap();
+    let vp = VpSde::new(0.1, 20.0, n).unwrap();
+    let sub = SubVpSde::new(0.1, 20.0, n).unwrap();
+    // Each case: the SDE and `t -> (coefficient of x, G^2)` written out by hand.
+    type Expected<'a> = Box<dyn Fn(f64) -> (f64, f64) + 'a>;
+    let cases: Vec<(&dyn Sde, Expected)> = vec![
+        (
+            &ve,
+            Box::new(|t| {
+                let sig = ve.discrete_sigmas();
+                let i = idx(t);
+                let g2 = sig[i].powi(2) - if i == 0 { 0.0 } else { sig[i - 1].powi(2) };
+                (1.0, g2)
+            }),
+        ),
+        (
+            &vp,
+            Box::new(|t| {
+                let beta =
+                    0.1 / n as f64 + (20.0 - 0.1) / n as f64 * idx(t) as f64 / (n - 1) as f64;
+                (2.0 - (1.0 - beta).sqrt(), beta)
+            }),
+        ),
+        (
+            &sub,
+            Box::new(|t| {
+                (
+                    1.0 - sub.drift_coef(t) / n as f64,
+                    sub.diffusion(t).powi(2) / n as f64,
+                )
+            }),
+        ),
+    ];
+    for (sde, want_of) in cases {
+        let (mean, g) = sde.reverse_discrete_step(&b, &x, &t, &s).unwrap();
+        let mean = b.to_vec(&mean).unwrap();
+        for i in 0..4 {
+            let (cx, g2) = want_of(t[i / 2]);
+            let want = cx * xv[i] + g2 * sv[i];
+            assert!(
+                (f64::from(mean[i]) - want).abs() < 1e-5 * want.abs().max(1.0),
+                "{:?} {i}: {} vs {want}",
+                sde.kind(),
+                mean[i]
+            );
+            assert!((g[i / 2] - g2.sqrt()).abs() < 1e-12);
+        }
     }
 }

@@ -238,19 +238,3 @@ fn training_times_are_uniform() {
     assert!(dsm::sample_times(&mut NoiseRng::new(2), 4, 0.0, 1.0).is_err());
     assert!(dsm::sample_times(&mut NoiseRng::new(2), 4, 1.0, 1.0).is_err());
 }
-
-/// The DSM weight helper returns `s(t)^2` and `g(t)^2`.
-#[test]
-fn weight_helper() {
-    for sde in reference_sdes() {
-        let t = 0.3;
-        assert_eq!(
-            dsm::weight(&sde, t, Weighting::SigmaSquared),
-            sde.marginal(t).std.powi(2)
-        );
-        assert_eq!(
-            dsm::weight(&sde, t, Weighting::Likelihood),
-            sde.diffusion(t).powi(2)
-        );
-    }
-}

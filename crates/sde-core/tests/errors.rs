@@ -42,6 +42,25 @@ fn invalid_schedules() {
             Err(Error::InvalidParameter { .. })
         ));
     }
+    // The DDPM chain needs beta_max / N < 1: N = 20 makes the last alpha 0,
+    // N = 10 makes it negative (sqrt of a negative number).
+    for n in [10, 20] {
+        assert!(matches!(
+            VpSde::new(0.1, 20.0, n),
+            Err(Error::InvalidParameter {
+                name: "num_steps",
+                ..
+            })
+        ));
+        assert!(matches!(
+            SubVpSde::new(0.1, 20.0, n),
+            Err(Error::InvalidParameter {
+                name: "num_steps",
+                ..
+            })
+        ));
+    }
+    assert!(VpSde::new(0.1, 20.0, 21).is_ok() && SubVpSde::new(0.1, 20.0, 21).is_ok());
     let msg = VeSde::new(1.0, 0.5, 10).unwrap_err().to_string();
     assert!(msg.contains("sigma_max") && msg.contains("0.5"), "{msg}");
 }
@@ -49,7 +68,7 @@ fn invalid_schedules() {
 #[test]
 fn times_outside_range() {
     let b = CpuBackend;
-    let sde = VpSde::new(0.1, 20.0, 10).unwrap();
+    let sde = VpSde::new(0.1, 20.0, 100).unwrap();
     let x = b.zeros(&Shape::new([2, 3]).unwrap()).unwrap();
     for bad in [-1e-9, 1.0 + 1e-9, f64::NAN, f64::INFINITY] {
         assert!(
@@ -91,7 +110,7 @@ fn analytic_distribution_errors() {
     let b = CpuBackend;
     let model = AnalyticScore::new(
         GaussianMixture::gaussian(g2),
-        VpSde::new(0.1, 20.0, 10).unwrap(),
+        VpSde::new(0.1, 20.0, 100).unwrap(),
     );
     let x3 = b.zeros(&Shape::new([1, 3]).unwrap()).unwrap();
     assert!(matches!(
@@ -142,8 +161,38 @@ fn config_round_trip_and_rejections() {
         toml::from_str::<Wrapper>("s = []").is_err(),
         "an empty shape must not deserialize"
     );
-    let mut rng = NoiseRng::new(0);
-    let _ = rng.next_key();
+    assert_eq!(cfg.with_num_steps(37).build().unwrap().num_steps(), 37);
+}
+
+/// DSM at a time where the kernel has zero std (t = 0 for VP) is an error,
+/// not a silent NaN.
+#[test]
+fn dsm_rejects_zero_kernel_std() {
+    use sde_core::dsm::{dsm_loss, dsm_target, DsmBatch, Reduction, Weighting};
+    let b = CpuBackend;
+    let sde = VpSde::new(0.1, 20.0, 100).unwrap();
+    let shape = Shape::new([2, 3]).unwrap();
+    let z = b.gaussian(&shape, NoiseRng::new(1).next_key()).unwrap();
+    let batch = DsmBatch {
+        t: vec![0.5, 0.0],
+        z: z.clone(),
+        x_t: z.clone(),
+    };
+    assert!(matches!(
+        dsm_target(&b, &sde, &batch),
+        Err(Error::InvalidParameter { name: "t", .. })
+    ));
+    assert!(matches!(
+        dsm_loss(
+            &b,
+            &sde,
+            &z,
+            &batch,
+            Weighting::SigmaSquared,
+            Reduction::Mean
+        ),
+        Err(Error::InvalidParameter { name: "t", .. })
+    ));
 }
 
 #[derive(serde::Deserialize)]

@@ -87,57 +87,47 @@ fn kernels_solve_the_moment_odes() {
     }
 }
 
-/// Chapman–Kolmogorov: composing the transitions 0 -> s -> t gives 0 -> t.
-#[test]
-fn transitions_compose() {
-    for sde in reference_sdes() {
-        for (s, t) in [(0.1, 0.5), (0.25, 1.0), (0.0, 0.7)] {
-            let a = sde.transition(0.0, s);
-            let b = sde.transition(s, t);
-            let c = sde.transition(0.0, t);
-            let mean = a.mean_coef * b.mean_coef;
-            let var = b.mean_coef.powi(2) * a.std.powi(2) + b.std.powi(2);
-            assert!((mean - c.mean_coef).abs() < 1e-12 * c.mean_coef.abs().max(1e-300) + 1e-15);
-            assert!(
-                (var - c.std.powi(2)).abs() < 1e-9 * c.std.powi(2).max(1.0),
-                "{} ({s},{t})",
-                name(&sde)
-            );
-        }
-    }
-}
-
-/// For VP and sub-VP `s(0) = 0`, so the kernel from clean data is the exact
-/// transition from time 0; for VE they differ by `sigma_min^2` (documented).
-#[test]
-fn marginal_versus_transition_from_zero() {
-    for sde in reference_sdes() {
-        for t in [0.2, 0.9] {
-            let (m, tr) = (sde.marginal(t), sde.transition(0.0, t));
-            assert!((m.mean_coef - tr.mean_coef).abs() < 1e-15);
-            let expected_gap = sde.marginal(0.0).std.powi(2);
-            assert!(
-                (m.std.powi(2) - tr.std.powi(2) - expected_gap).abs() < 1e-9,
-                "{}: gap {} vs s(0)^2 {expected_gap}",
-                name(&sde),
-                m.std.powi(2) - tr.std.powi(2)
-            );
-        }
-    }
-}
-
 /// Moments of the Euler–Maruyama chain `x_{k+1} = (1 + a_k dt) x_k + g_k sqrt(dt) z`,
 /// exactly (no sampling): mean coefficient and variance after `steps` steps to `t`.
 fn em_moments(sde: &dyn Sde, t: f64, steps: usize) -> (f64, f64) {
-    let dt = t / steps as f64;
+    em_moments_from(sde, 0.0, t, steps)
+}
+
+/// The same chain started at time `s` with a fixed state.
+fn em_moments_from(sde: &dyn Sde, s: f64, t: f64, steps: usize) -> (f64, f64) {
+    let dt = (t - s) / steps as f64;
     let (mut m, mut v) = (1.0, 0.0);
     for k in 0..steps {
-        let tk = k as f64 * dt;
+        let tk = s + k as f64 * dt;
         let c = 1.0 + sde.drift_coef(tk) * dt;
         m *= c;
         v = c * c * v + sde.diffusion(tk).powi(2) * dt;
     }
     (m, v)
+}
+
+/// `transition(s, t)` between two positive times is what the SDE does: the
+/// exact moments of a fine Euler–Maruyama chain from `s` to `t` (16000 steps)
+/// match it to 0.5% (this checks the general formula, not an identity of it).
+#[test]
+fn transition_between_two_times_matches_the_sde() {
+    for sde in reference_sdes() {
+        for (s, t) in [(0.1, 0.5), (0.25, 1.0), (0.6, 0.7)] {
+            let k = sde.transition(s, t);
+            let (m, v) = em_moments_from(&sde, s, t, 16_000);
+            assert!(
+                ((m - k.mean_coef) / k.mean_coef).abs() < 5e-3,
+                "{} ({s},{t}) mean",
+                name(&sde)
+            );
+            assert!(
+                ((v - k.std.powi(2)) / k.std.powi(2)).abs() < 5e-3,
+                "{} ({s},{t}) var {v} vs {}",
+                name(&sde),
+                k.std.powi(2)
+            );
+        }
+    }
 }
 
 /// The EM chain's exact moments converge to the kernel (first order in dt):
@@ -233,36 +223,26 @@ fn forward_simulation_matches_kernel() {
     }
 }
 
-/// `perturb` draws from the kernel: moments of `m x0 + s z` over many draws.
+/// `perturb` is `m(t) x0 + s(t) z` elementwise, with each sample's own time.
 #[test]
-fn perturb_uses_the_kernel() {
+fn perturb_is_the_kernel_draw() {
     let b = CpuBackend;
-    let n = 50_000;
-    let shape = Shape::new([n, 1]).unwrap();
+    let shape = Shape::new([3, 4]).unwrap();
+    let t = [0.0, 0.42, 1.0];
     for sde in reference_sdes() {
-        let t = vec![0.42; n];
-        let x0 = b.full(&shape, -2.0).unwrap();
+        let x0 = b.gaussian(&shape, NoiseRng::new(8).next_key()).unwrap();
         let z = b.gaussian(&shape, NoiseRng::new(9).next_key()).unwrap();
-        let xt = sde.perturb(&b, &x0, &z, &t).unwrap();
-        let xs = b.to_vec(&xt).unwrap();
-        let (mean, var, _) = mean_var(xs.iter().map(|&v| f64::from(v)));
-        let k = sde.marginal(0.42);
-        let se = k.std / (n as f64).sqrt();
-        assert_within_se(
-            &format!("{} perturb mean", name(&sde)),
-            mean,
-            -2.0 * k.mean_coef,
-            se,
-            5.0,
-        );
-        let se_v = k.std.powi(2) * (2.0 / n as f64).sqrt();
-        assert_within_se(
-            &format!("{} perturb var", name(&sde)),
-            var,
-            k.std.powi(2),
-            se_v,
-            5.0,
-        );
+        let xt = b.to_vec(&sde.perturb(&b, &x0, &z, &t).unwrap()).unwrap();
+        let (xv, zv) = (b.to_vec(&x0).unwrap(), b.to_vec(&z).unwrap());
+        for i in 0..12 {
+            let k = sde.marginal(t[i / 4]);
+            let want = k.mean_coef * f64::from(xv[i]) + k.std * f64::from(zv[i]);
+            assert!(
+                (f64::from(xt[i]) - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{} {i}",
+                name(&sde)
+            );
+        }
     }
 }
 

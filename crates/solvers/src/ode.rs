@@ -1,0 +1,544 @@
+//! Adaptive Dormand–Prince RK4(5) integration of batched ODEs (the method of
+//! scipy's `RK45`, which the reference code uses), written over any
+//! [`Backend`], and the probability-flow ODE built on it (Song et al. 2021,
+//! eq. 13; SPEC.md sections 5 and 7): sampling, encoding data to latents and
+//! decoding latents back.
+//!
+//! The state is a batch tensor plus, optionally, a few host-side scalars per
+//! sample (the likelihood integrates `delta log p` alongside `x`). With
+//! [`StepScope::PerSample`] every sample has its own time, step size and
+//! error estimate: a sample that finishes is frozen (its step is zero) while
+//! the others go on. The batch is still evaluated as a whole, so frozen
+//! samples cost model evaluations but never change.
+
+use sde_core::backend::coefs_f32;
+use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
+
+use crate::config::{resolve_eps, OdeConfig, StepControl, StepScope};
+use crate::error::{Result, SolverError};
+
+/// Nodes `c_i` of the Dormand–Prince tableau.
+const C: [f64; 7] = [0.0, 1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0];
+/// Rows `a_ij` (stage i uses `k_0..k_{i-1}`).
+const A: [&[f64]; 6] = [
+    &[1.0 / 5.0],
+    &[3.0 / 40.0, 9.0 / 40.0],
+    &[44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
+    &[
+        19372.0 / 6561.0,
+        -25360.0 / 2187.0,
+        64448.0 / 6561.0,
+        -212.0 / 729.0,
+    ],
+    &[
+        9017.0 / 3168.0,
+        -355.0 / 33.0,
+        46732.0 / 5247.0,
+        49.0 / 176.0,
+        -5103.0 / 18656.0,
+    ],
+    &[
+        35.0 / 384.0,
+        0.0,
+        500.0 / 1113.0,
+        125.0 / 192.0,
+        -2187.0 / 6784.0,
+        11.0 / 84.0,
+    ],
+];
+/// Error weights `b_i - b*_i` (5th minus embedded 4th order), as scipy's `E`.
+const E: [f64; 7] = [
+    -71.0 / 57600.0,
+    0.0,
+    71.0 / 16695.0,
+    -71.0 / 1920.0,
+    17253.0 / 339200.0,
+    -22.0 / 525.0,
+    1.0 / 40.0,
+];
+const SAFETY: f64 = 0.9;
+const MIN_FACTOR: f64 = 0.2;
+const MAX_FACTOR: f64 = 10.0;
+/// Error exponent `1 / (q + 1)` with `q = 4`, the embedded order.
+const EXPONENT: f64 = 1.0 / 5.0;
+
+/// The right-hand side of a batched ODE `dx/dt = F(x, t)`, `da/dt = G(x, t)`,
+/// where `a` holds `aux_dim` host-side scalars per sample.
+pub trait OdeRhs<B: Backend> {
+    /// Evaluates the derivatives at per-sample times `t`. Returns `dx/dt` and
+    /// `da/dt` (length `batch * aux_dim`).
+    fn eval(&mut self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<(B::Tensor, Vec<f64>)>;
+}
+
+/// The solution at the end time with solver statistics.
+#[derive(Clone, Debug)]
+pub struct OdeSolution<T> {
+    /// The state at the end time.
+    pub x: T,
+    /// The auxiliary scalars at the end time (`batch * aux_dim`).
+    pub aux: Vec<f64>,
+    /// Batched right-hand-side evaluations (model calls).
+    pub nfe: usize,
+    /// Evaluations during which each sample was still moving.
+    pub nfe_per_sample: Vec<usize>,
+    /// Accepted steps per sample.
+    pub accepted: Vec<usize>,
+    /// Rejected steps per sample.
+    pub rejected: Vec<usize>,
+}
+
+/// Per-sample RMS of `(err_x, err_a)` scaled by `atol + rtol max(|y0|, |y1|)`,
+/// over the `d` tensor elements and `m` auxiliary scalars of each sample.
+#[allow(clippy::too_many_arguments)]
+fn error_norms<B: Backend>(
+    b: &B,
+    cfg: &OdeConfig,
+    err: &B::Tensor,
+    y0: &B::Tensor,
+    y1: &B::Tensor,
+    err_a: &[f64],
+    a0: &[f64],
+    a1: &[f64],
+    m: usize,
+) -> Result<Vec<f64>> {
+    let d = b.shape(err).sample_numel() as f64;
+    let rms = b.sample_scaled_rms(err, y0, y1, cfg.atol, cfg.rtol)?;
+    Ok(rms
+        .into_iter()
+        .enumerate()
+        .map(|(n, r)| {
+            let mut sum = r * r * d;
+            for j in n * m..(n + 1) * m {
+                let scale = cfg.atol + cfg.rtol * a0[j].abs().max(a1[j].abs());
+                sum += (err_a[j] / scale).powi(2);
+            }
+            (sum / (d + m as f64)).sqrt()
+        })
+        .collect())
+}
+
+/// Integrates `rhs` from `t0` to `t1` (either direction) starting at `(x0, aux0)`.
+pub fn integrate<B, R>(
+    b: &B,
+    rhs: &mut R,
+    x0: B::Tensor,
+    aux0: Vec<f64>,
+    t0: f64,
+    t1: f64,
+    cfg: &OdeConfig,
+) -> Result<OdeSolution<B::Tensor>>
+where
+    B: Backend,
+    R: OdeRhs<B> + ?Sized,
+{
+    cfg.validate()?;
+    let batch = b.shape(&x0).batch();
+    if aux0.len() % batch != 0 {
+        return Err(SolverError::InvalidConfig {
+            field: "aux0",
+            value: format!("{} values", aux0.len()),
+            reason: format!("must hold the same number of scalars for each of {batch} samples"),
+        });
+    }
+    let m = aux0.len() / batch;
+    let dir = if t1 >= t0 { 1.0 } else { -1.0 };
+    let span = (t1 - t0).abs();
+    let mut x = x0;
+    let mut aux = aux0;
+    let mut t = vec![t0; batch];
+    let mut done = vec![span == 0.0; batch];
+    let mut nfe = 0;
+    let mut nfe_per_sample = vec![0usize; batch];
+    let mut accepted = vec![0usize; batch];
+    let mut rejected = vec![0usize; batch];
+    let count = |done: &[bool], nfe: &mut usize, per: &mut [usize]| {
+        *nfe += 1;
+        for (p, d) in per.iter_mut().zip(done) {
+            *p += usize::from(!d);
+        }
+    };
+
+    let (mut k1, mut k1a) = rhs.eval(b, &x, &t)?;
+    count(&done, &mut nfe, &mut nfe_per_sample);
+
+    // Initial step magnitudes (per sample).
+    let mut h: Vec<f64> = match cfg.h_init {
+        Some(h) => vec![h; batch],
+        None => {
+            let h = initial_step(b, rhs, cfg, &x, &aux, &k1, &k1a, &t, dir, span, m)?;
+            count(&done, &mut nfe, &mut nfe_per_sample);
+            h
+        }
+    };
+    for h in h.iter_mut() {
+        *h = h.clamp(cfg.h_min, cfg.h_max).min(span.max(cfg.h_min));
+    }
+    if cfg.scope == StepScope::Batch {
+        let hmin = h.iter().copied().fold(f64::INFINITY, f64::min);
+        h.fill(hmin);
+    }
+    let mut last_rejected = vec![false; batch];
+    let mut err_prev = vec![1.0f64; batch];
+
+    let mut steps = 0;
+    while done.iter().any(|d| !d) {
+        if steps >= cfg.max_steps {
+            let t_reached = t
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| !**d)
+                .map(|(t, _)| *t)
+                .fold(t1, |acc, t| if dir > 0.0 { acc.min(t) } else { acc.max(t) });
+            return Err(SolverError::StepBudgetExhausted {
+                steps,
+                t_reached,
+                t_end: t1,
+            });
+        }
+        steps += 1;
+        // Signed step per sample, clipped to land exactly on t1; 0 when done.
+        let hs: Vec<f64> = (0..batch)
+            .map(|n| {
+                if done[n] {
+                    0.0
+                } else {
+                    dir * h[n].min((t1 - t[n]).abs())
+                }
+            })
+            .collect();
+        let mut ks: Vec<B::Tensor> = vec![k1.clone()];
+        let mut kas: Vec<Vec<f64>> = vec![k1a.clone()];
+        let mut y_stage = x.clone();
+        let mut a_stage = aux.clone();
+        for (i, row) in A.iter().enumerate() {
+            let coefs: Vec<Vec<f32>> = row
+                .iter()
+                .map(|a| coefs_f32(hs.iter().map(|h| h * a)))
+                .collect();
+            let mut terms: Vec<(Coef<'_>, &B::Tensor)> = vec![(Coef::Scalar(1.0), &x)];
+            for (c, k) in coefs.iter().zip(&ks) {
+                terms.push((Coef::PerSample(c), k));
+            }
+            y_stage = b.lincomb(&terms)?;
+            a_stage = aux.clone();
+            for (a, ka) in row.iter().zip(&kas) {
+                for (j, v) in a_stage.iter_mut().enumerate() {
+                    *v += hs[j / m.max(1)] * a * ka[j];
+                }
+            }
+            let ts: Vec<f64> = (0..batch).map(|n| t[n] + C[i + 1] * hs[n]).collect();
+            let (k, ka) = rhs.eval(b, &y_stage, &ts)?;
+            count(&done, &mut nfe, &mut nfe_per_sample);
+            ks.push(k);
+            kas.push(ka);
+        }
+        // y_stage is the 5th-order solution (row 6 = b); ks[6] = F at it (FSAL).
+        let ecoefs: Vec<Vec<f32>> = E
+            .iter()
+            .map(|e| coefs_f32(hs.iter().map(|h| h * e)))
+            .collect();
+        let terms: Vec<(Coef<'_>, &B::Tensor)> = ecoefs
+            .iter()
+            .zip(&ks)
+            .map(|(c, k)| (Coef::PerSample(c), k))
+            .collect();
+        let err = b.lincomb(&terms)?;
+        let mut err_a = vec![0.0; aux.len()];
+        for (e, ka) in E.iter().zip(&kas) {
+            for (j, v) in err_a.iter_mut().enumerate() {
+                *v += hs[j / m.max(1)] * e * ka[j];
+            }
+        }
+        let mut en = error_norms(b, cfg, &err, &x, &y_stage, &err_a, &aux, &a_stage, m)?;
+        if cfg.scope == StepScope::Batch {
+            let worst = en
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| !**d)
+                .map(|(e, _)| *e)
+                .fold(0.0, |a: f64, e| {
+                    if e.is_nan() || a.is_nan() {
+                        f64::NAN
+                    } else {
+                        a.max(e)
+                    }
+                });
+            en.fill(worst);
+        }
+        // Accept / reject per sample and pick the next step size.
+        let mut acc = vec![false; batch];
+        for n in 0..batch {
+            if done[n] {
+                continue;
+            }
+            let e = en[n];
+            if e <= 1.0 {
+                acc[n] = true;
+                accepted[n] += 1;
+                let reached = (t1 - t[n]).abs() <= hs[n].abs();
+                t[n] = if reached { t1 } else { t[n] + hs[n] };
+                done[n] = reached;
+                let mut factor = if e == 0.0 {
+                    MAX_FACTOR
+                } else {
+                    match cfg.control {
+                        StepControl::Standard => SAFETY * e.powf(-EXPONENT),
+                        StepControl::Pi => {
+                            SAFETY * e.powf(-0.7 * EXPONENT) * err_prev[n].powf(0.4 * EXPONENT)
+                        }
+                    }
+                    .clamp(MIN_FACTOR, MAX_FACTOR)
+                };
+                if last_rejected[n] {
+                    factor = factor.min(1.0);
+                }
+                err_prev[n] = e.max(1e-4);
+                h[n] = (hs[n].abs() * factor).min(cfg.h_max);
+                last_rejected[n] = false;
+            } else {
+                rejected[n] += 1;
+                let factor = if e.is_finite() {
+                    (SAFETY * e.powf(-EXPONENT)).max(MIN_FACTOR)
+                } else {
+                    MIN_FACTOR
+                };
+                h[n] = hs[n].abs() * factor;
+                last_rejected[n] = true;
+                if h[n] < cfg.h_min {
+                    return Err(SolverError::StepSizeUnderflow {
+                        h: h[n],
+                        h_min: cfg.h_min,
+                        t: t[n],
+                        sample: n,
+                    });
+                }
+            }
+        }
+        if cfg.scope == StepScope::Batch {
+            let hmin = (0..batch)
+                .filter(|&n| !done[n])
+                .map(|n| h[n])
+                .fold(f64::INFINITY, f64::min);
+            if hmin.is_finite() {
+                h.fill(hmin);
+            }
+        }
+        let k7 = ks.pop().ok_or(SolverError::NonFinite {
+            what: "stages",
+            t: t0,
+        })?;
+        let k7a = kas.pop().unwrap_or_default();
+        // `select`, not a 0/1 combination: a rejected trial step may be inf/NaN.
+        x = b.select(&acc, &y_stage, &x)?;
+        k1 = b.select(&acc, &k7, &k1)?;
+        for j in 0..aux.len() {
+            if acc[j / m.max(1)] {
+                aux[j] = a_stage[j];
+                k1a[j] = k7a[j];
+            }
+        }
+    }
+    b.check_finite(&x, "ODE solution")
+        .map_err(|_| SolverError::NonFinite {
+            what: "ODE solution",
+            t: t1,
+        })?;
+    Ok(OdeSolution {
+        x,
+        aux,
+        nfe,
+        nfe_per_sample,
+        accepted,
+        rejected,
+    })
+}
+
+/// Hairer's initial step size (as scipy's `select_initial_step`), per sample.
+#[allow(clippy::too_many_arguments)]
+fn initial_step<B, R>(
+    b: &B,
+    rhs: &mut R,
+    cfg: &OdeConfig,
+    x: &B::Tensor,
+    aux: &[f64],
+    f0: &B::Tensor,
+    f0a: &[f64],
+    t: &[f64],
+    dir: f64,
+    span: f64,
+    m: usize,
+) -> Result<Vec<f64>>
+where
+    B: Backend,
+    R: OdeRhs<B> + ?Sized,
+{
+    let d0 = error_norms(b, cfg, x, x, x, aux, aux, aux, m)?;
+    let d1 = error_norms(b, cfg, f0, x, x, f0a, aux, aux, m)?;
+    let h0: Vec<f64> = d0
+        .iter()
+        .zip(&d1)
+        .map(|(&d0, &d1)| {
+            if d0 < 1e-5 || d1 < 1e-5 {
+                1e-6
+            } else {
+                0.01 * d0 / d1
+            }
+        })
+        .map(|h| h.min(span))
+        .collect();
+    let c = coefs_f32(h0.iter().map(|h| dir * h));
+    let x1 = b.lincomb(&[(Coef::Scalar(1.0), x), (Coef::PerSample(&c), f0)])?;
+    let t1: Vec<f64> = t.iter().zip(&h0).map(|(t, h)| t + dir * h).collect();
+    let (f1, f1a) = rhs.eval(b, &x1, &t1)?;
+    let df = b.sub(&f1, f0)?;
+    let dfa: Vec<f64> = f1a.iter().zip(f0a).map(|(a, b)| a - b).collect();
+    let d2 = error_norms(b, cfg, &df, x, x, &dfa, aux, aux, m)?;
+    Ok((0..h0.len())
+        .map(|n| {
+            let d2 = d2[n] / h0[n];
+            let h1 = if d1[n] <= 1e-15 && d2 <= 1e-15 {
+                (h0[n] * 1e-3).max(1e-6)
+            } else {
+                (0.01 / d1[n].max(d2)).powf(EXPONENT)
+            };
+            (100.0 * h0[n]).min(h1).min(span)
+        })
+        .collect())
+}
+
+/// The probability-flow ODE `dx/dt = f(x,t) - g(t)^2 s(x,t) / 2` as an [`OdeRhs`].
+pub struct FlowRhs<'a, S: ?Sized, M: ?Sized> {
+    /// The SDE.
+    pub sde: &'a S,
+    /// The score model.
+    pub model: &'a M,
+}
+
+impl<B, S, M> OdeRhs<B> for FlowRhs<'_, S, M>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+{
+    fn eval(&mut self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<(B::Tensor, Vec<f64>)> {
+        let score = self.model.score(b, x, t)?;
+        Ok((
+            self.sde.probability_flow_drift(b, x, t, &score)?,
+            Vec::new(),
+        ))
+    }
+}
+
+/// Samples, latents or reconstructions from the probability-flow ODE.
+#[derive(Clone, Debug)]
+pub struct OdeOutput<T> {
+    /// The result.
+    pub x: T,
+    /// Batched score evaluations.
+    pub nfe: usize,
+    /// Score evaluations during which each sample was still moving.
+    pub nfe_per_sample: Vec<usize>,
+    /// Accepted steps per sample.
+    pub accepted: Vec<usize>,
+    /// Rejected steps per sample.
+    pub rejected: Vec<usize>,
+}
+
+impl<T> OdeOutput<T> {
+    fn from_solution(s: OdeSolution<T>) -> Self {
+        OdeOutput {
+            x: s.x,
+            nfe: s.nfe,
+            nfe_per_sample: s.nfe_per_sample,
+            accepted: s.accepted,
+            rejected: s.rejected,
+        }
+    }
+}
+
+/// Draws `shape` samples by integrating the probability-flow ODE from a prior
+/// sample at `T` down to `eps`.
+pub fn ode_sample<B, S, M>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    shape: &Shape,
+    cfg: &OdeConfig,
+    rng: &mut NoiseRng,
+) -> Result<OdeOutput<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+{
+    let z = sde.prior_sample(b, shape, rng.next_key())?;
+    decode_with_denoise(b, sde, model, z, cfg, cfg.denoise)
+}
+
+/// Maps latents `z` (at time `T`) to data (at `eps`) with the probability-flow ODE.
+pub fn decode<B, S, M>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    z: B::Tensor,
+    cfg: &OdeConfig,
+) -> Result<OdeOutput<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+{
+    decode_with_denoise(b, sde, model, z, cfg, false)
+}
+
+fn decode_with_denoise<B, S, M>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    z: B::Tensor,
+    cfg: &OdeConfig,
+    denoise: bool,
+) -> Result<OdeOutput<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+{
+    let eps = resolve_eps(sde, cfg.eps)?;
+    let mut rhs = FlowRhs { sde, model };
+    let sol = integrate(b, &mut rhs, z, Vec::new(), sde.t_max(), eps, cfg)?;
+    let mut out = OdeOutput::from_solution(sol);
+    if denoise {
+        // One noise-free reverse-diffusion step at eps (the reference's denoising step).
+        let t = vec![eps; b.shape(&out.x).batch()];
+        let score = model.score(b, &out.x, &t)?;
+        out.x = sde.reverse_discrete_step(b, &out.x, &t, &score)?.0;
+        out.nfe += 1;
+        for n in out.nfe_per_sample.iter_mut() {
+            *n += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Maps data `x` (at `eps`) to latents (at `T`) with the probability-flow ODE.
+/// Decoding the result with the same settings returns `x` up to the solver
+/// tolerance (the encoding is unique, Song et al. 2021 section 4.3).
+pub fn encode<B, S, M>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    x: B::Tensor,
+    cfg: &OdeConfig,
+) -> Result<OdeOutput<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+{
+    b.check_finite(&x, "data to encode")?;
+    let eps = resolve_eps(sde, cfg.eps)?;
+    let mut rhs = FlowRhs { sde, model };
+    let sol = integrate(b, &mut rhs, x, Vec::new(), eps, sde.t_max(), cfg)?;
+    Ok(OdeOutput::from_solution(sol))
+}

@@ -1,0 +1,359 @@
+//! Predictor–corrector sampling of the reverse-time SDE (Song et al. 2021,
+//! section 4.2 and algorithms 2–5; SPEC.md section 5): the Euler–Maruyama,
+//! reverse-diffusion and ancestral predictors, the Langevin and annealed
+//! Langevin correctors, and the PC loop over the time grid
+//! `linspace(T, eps, N)` (corrector(s) first, then the predictor).
+//!
+//! Everything is generic over the [`Backend`], the [`Sde`] and the
+//! [`ScoreModel`], and works with per-sample times.
+
+use std::ops::ControlFlow;
+
+use sde_core::backend::coefs_f32;
+use sde_core::sde::linspace;
+use sde_core::{
+    Backend, Coef, DiscreteSchedule, NoiseRng, ScoreModel, Sde, SdeExt, SdeKind, Shape,
+};
+
+use crate::config::{resolve_eps, CorrectorKind, NormMode, PcConfig, PredictorKind};
+use crate::error::{Result, SolverError};
+
+/// The result of one update: the new state and its noise-free mean.
+#[derive(Clone, Debug)]
+pub struct Update<T> {
+    /// The state after the update (mean plus noise).
+    pub x: T,
+    /// The mean of the update, without the final noise.
+    pub x_mean: T,
+}
+
+/// Progress of a sampler, reported once per time level.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepInfo {
+    /// Levels done so far (1-based after the first level).
+    pub step: usize,
+    /// Total number of levels.
+    pub total: usize,
+    /// The time of the level just done.
+    pub t: f64,
+    /// Score evaluations so far.
+    pub nfe: usize,
+}
+
+/// Hooks into a sampler's loop. Every method has a do-nothing default; `()`
+/// implements the trait with all defaults.
+pub trait SamplerHooks<B: Backend> {
+    /// Called after every predictor and corrector update with the new state
+    /// and its mean at times `t`; may replace both (inpainting projects the
+    /// known pixels here). `rng` is the sampler's generator.
+    fn after_update(
+        &mut self,
+        _b: &B,
+        update: Update<B::Tensor>,
+        _t: &[f64],
+        _rng: &mut NoiseRng,
+    ) -> Result<Update<B::Tensor>> {
+        Ok(update)
+    }
+
+    /// Called after each time level; return `ControlFlow::Break(())` to stop
+    /// the sampler (it then fails with [`SolverError::Interrupted`]).
+    fn on_step(&mut self, _info: &StepInfo) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+impl<B: Backend> SamplerHooks<B> for () {}
+
+/// Progress reporting through a closure: `Progress(|info| bar.set_position(..))`.
+pub struct Progress<F>(pub F);
+
+impl<B: Backend, F: FnMut(&StepInfo)> SamplerHooks<B> for Progress<F> {
+    fn on_step(&mut self, info: &StepInfo) -> ControlFlow<()> {
+        (self.0)(info);
+        ControlFlow::Continue(())
+    }
+}
+
+/// Samples and the cost of producing them.
+#[derive(Clone, Debug)]
+pub struct SampleOutput<T> {
+    /// The samples.
+    pub samples: T,
+    /// Number of (batched) score-model evaluations.
+    pub nfe: usize,
+}
+
+fn time_vec(t: f64, batch: usize) -> Vec<f64> {
+    vec![t; batch]
+}
+
+/// One predictor update at times `t` (one score evaluation, none for `None`).
+#[allow(clippy::too_many_arguments)]
+pub fn predictor_update<B, S, M>(
+    kind: PredictorKind,
+    b: &B,
+    sde: &S,
+    model: &M,
+    x: &B::Tensor,
+    t: &[f64],
+    rng: &mut NoiseRng,
+) -> Result<Update<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+{
+    let shape = b.shape(x).clone();
+    sde.check_times(t, shape.batch())?;
+    if kind == PredictorKind::None {
+        return Ok(Update {
+            x: x.clone(),
+            x_mean: x.clone(),
+        });
+    }
+    let score = model.score(b, x, t)?;
+    let (x_mean, noise_std): (B::Tensor, Vec<f64>) = match kind {
+        PredictorKind::EulerMaruyama => {
+            // x_mean = x + [f - g^2 s] dt with dt = -T/N; noise g sqrt(-dt).
+            let dt = -sde.t_max() / sde.num_steps() as f64;
+            let drift = sde.reverse_drift(b, x, t, &score)?;
+            let x_mean = b.lincomb(&[(Coef::Scalar(1.0), x), (Coef::Scalar(dt as f32), &drift)])?;
+            let g = t.iter().map(|&t| sde.diffusion(t) * (-dt).sqrt()).collect();
+            (x_mean, g)
+        }
+        PredictorKind::ReverseDiffusion => sde.reverse_discrete_step(b, x, t, &score)?,
+        PredictorKind::Ancestral => ancestral_mean(b, sde, x, t, &score)?,
+        PredictorKind::None => unreachable!("handled above"),
+    };
+    let z = b.gaussian(&shape, rng.next_key())?;
+    let g = coefs_f32(noise_std);
+    let x_new = b.lincomb(&[(Coef::Scalar(1.0), &x_mean), (Coef::PerSample(&g), &z)])?;
+    Ok(Update { x: x_new, x_mean })
+}
+
+/// The ancestral-sampling mean and noise std (SPEC.md section 5).
+fn ancestral_mean<B: Backend, S: Sde + ?Sized>(
+    b: &B,
+    sde: &S,
+    x: &B::Tensor,
+    t: &[f64],
+    score: &B::Tensor,
+) -> Result<(B::Tensor, Vec<f64>)> {
+    match (sde.kind(), sde.discrete_schedule()) {
+        (SdeKind::Ve, DiscreteSchedule::Sigmas(sigmas)) => {
+            // x_mean = x + (sigma_i^2 - sigma_{i-1}^2) s;
+            // std = sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2).
+            let (mut c, mut std) = (Vec::new(), Vec::new());
+            for &tn in t {
+                let i = sde.step_index(tn);
+                let s2 = sigmas[i].powi(2);
+                let p2 = if i == 0 { 0.0 } else { sigmas[i - 1].powi(2) };
+                c.push((s2 - p2) as f32);
+                std.push((p2 * (s2 - p2) / s2).sqrt());
+            }
+            let x_mean = b.lincomb(&[(Coef::Scalar(1.0), x), (Coef::PerSample(&c), score)])?;
+            Ok((x_mean, std))
+        }
+        (SdeKind::Vp, DiscreteSchedule::Betas(d)) => {
+            // x_mean = (x + beta_i s) / sqrt(1 - beta_i); std = sqrt(beta_i).
+            let (mut cx, mut cs, mut std) = (Vec::new(), Vec::new(), Vec::new());
+            for &tn in t {
+                let beta = d.betas[sde.step_index(tn)];
+                let inv = 1.0 / (1.0 - beta).sqrt();
+                cx.push(inv as f32);
+                cs.push((beta * inv) as f32);
+                std.push(beta.sqrt());
+            }
+            let x_mean = b.lincomb(&[(Coef::PerSample(&cx), x), (Coef::PerSample(&cs), score)])?;
+            Ok((x_mean, std))
+        }
+        (kind, _) => Err(SolverError::Unsupported {
+            what: "ancestral sampling",
+            sde: kind,
+        }),
+    }
+}
+
+/// The Langevin scale `a`: 1 for VE, `alpha_i` of the discrete DDPM schedule
+/// for VP and sub-VP (the reference code crashes for sub-VP; here it uses the
+/// schedule sub-VP shares with VP).
+fn langevin_alpha<S: Sde + ?Sized>(sde: &S, t: f64) -> f64 {
+    match sde.discrete_schedule() {
+        DiscreteSchedule::Betas(d) => d.alphas[sde.step_index(t)],
+        _ => 1.0,
+    }
+}
+
+/// `steps` corrector updates at times `t` (one score evaluation each).
+#[allow(clippy::too_many_arguments)]
+pub fn corrector_update<B, S, M>(
+    kind: CorrectorKind,
+    b: &B,
+    sde: &S,
+    model: &M,
+    x: &B::Tensor,
+    t: &[f64],
+    snr: f64,
+    steps: usize,
+    norm: NormMode,
+    rng: &mut NoiseRng,
+) -> Result<Update<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+{
+    let shape = b.shape(x).clone();
+    sde.check_times(t, shape.batch())?;
+    let mut update = Update {
+        x: x.clone(),
+        x_mean: x.clone(),
+    };
+    if kind == CorrectorKind::None {
+        return Ok(update);
+    }
+    let alpha: Vec<f64> = t.iter().map(|&t| langevin_alpha(sde, t)).collect();
+    for _ in 0..steps {
+        let score = model.score(b, &update.x, t)?;
+        let z = b.gaussian(&shape, rng.next_key())?;
+        let step: Vec<f64> = match kind {
+            CorrectorKind::Langevin => {
+                let mut gn = b.sample_norm(&score)?;
+                let mut zn = b.sample_norm(&z)?;
+                if norm == NormMode::BatchMean {
+                    let n = gn.len() as f64;
+                    let (g, zz) = (gn.iter().sum::<f64>() / n, zn.iter().sum::<f64>() / n);
+                    gn.fill(g);
+                    zn.fill(zz);
+                }
+                gn.iter()
+                    .zip(&zn)
+                    .zip(&alpha)
+                    .map(|((g, z), a)| {
+                        if *g > 0.0 {
+                            2.0 * a * (snr * z / g).powi(2)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            }
+            CorrectorKind::AnnealedLangevin => t
+                .iter()
+                .zip(&alpha)
+                .map(|(&t, a)| 2.0 * a * (snr * sde.marginal(t).std).powi(2))
+                .collect(),
+            CorrectorKind::None => unreachable!("handled above"),
+        };
+        let e = coefs_f32(step.iter().copied());
+        let noise = coefs_f32(step.iter().map(|e| (2.0 * e).sqrt()));
+        let x_mean = b.lincomb(&[
+            (Coef::Scalar(1.0), &update.x),
+            (Coef::PerSample(&e), &score),
+        ])?;
+        let x_new = b.lincomb(&[(Coef::Scalar(1.0), &x_mean), (Coef::PerSample(&noise), &z)])?;
+        update = Update { x: x_new, x_mean };
+    }
+    Ok(update)
+}
+
+/// Score evaluations per time level of a configuration.
+pub fn nfe_per_level(cfg: &PcConfig) -> usize {
+    let p = usize::from(cfg.predictor != PredictorKind::None);
+    let c = if cfg.corrector == CorrectorKind::None {
+        0
+    } else {
+        cfg.corrector_steps
+    };
+    p + c
+}
+
+/// Predictor–corrector sampling from the prior: draws `shape` samples.
+pub fn pc_sample<B, S, M, H>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    shape: &Shape,
+    cfg: &PcConfig,
+    rng: &mut NoiseRng,
+    hooks: &mut H,
+) -> Result<SampleOutput<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
+{
+    cfg.validate(sde)?;
+    let x = sde.prior_sample(b, shape, rng.next_key())?;
+    pc_sample_from(b, sde, model, x, cfg, rng, hooks)
+}
+
+/// Predictor–corrector sampling starting from the state `x` at time `T`.
+pub fn pc_sample_from<B, S, M, H>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    x: B::Tensor,
+    cfg: &PcConfig,
+    rng: &mut NoiseRng,
+    hooks: &mut H,
+) -> Result<SampleOutput<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
+{
+    cfg.validate(sde)?;
+    let eps = resolve_eps(sde, cfg.eps)?;
+    let batch = b.shape(&x).batch();
+    let grid = linspace(sde.t_max(), eps, sde.num_steps());
+    let total = grid.len();
+    let mut state = Update {
+        x_mean: x.clone(),
+        x,
+    };
+    let mut nfe = 0;
+    for (k, &tk) in grid.iter().enumerate() {
+        let t = time_vec(tk, batch);
+        if cfg.corrector != CorrectorKind::None {
+            let u = corrector_update(
+                cfg.corrector,
+                b,
+                sde,
+                model,
+                &state.x,
+                &t,
+                cfg.snr,
+                cfg.corrector_steps,
+                cfg.norm,
+                rng,
+            )?;
+            nfe += cfg.corrector_steps;
+            state = hooks.after_update(b, u, &t, rng)?;
+        }
+        if cfg.predictor != PredictorKind::None {
+            let u = predictor_update(cfg.predictor, b, sde, model, &state.x, &t, rng)?;
+            nfe += 1;
+            state = hooks.after_update(b, u, &t, rng)?;
+        }
+        let info = StepInfo {
+            step: k + 1,
+            total,
+            t: tk,
+            nfe,
+        };
+        if hooks.on_step(&info).is_break() {
+            return Err(SolverError::Interrupted { step: k + 1, total });
+        }
+    }
+    let samples = if cfg.denoise { state.x_mean } else { state.x };
+    b.check_finite(&samples, "samples")
+        .map_err(|_| SolverError::NonFinite {
+            what: "samples",
+            t: eps,
+        })?;
+    Ok(SampleOutput { samples, nfe })
+}
