@@ -58,8 +58,3 @@ pub use sde::{
     VeSde, VpSde,
 };
 pub use shape::Shape;
-
-/// Compiles and runs the README's Rust snippets as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;
