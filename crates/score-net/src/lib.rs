@@ -1,8 +1,28 @@
-//! `score-net`: the score network (not yet built; see the issue tracker).
+//! `score-net`: the score network of score-based generative models.
 //!
-//! It will hold the `NetBackend` trait (conv2d, group norm, linear, attention,
-//! up/down-sampling, activations, time embeddings, each with forward and
-//! backward), its fast CPU implementation and its wgpu implementation with
-//! the WGSL kernels of `shaders/`, the flat parameter store, the DDPM++/NCSN++
-//! UNet implementing `sde_core::ScoreModel`, the time-dependent classifier and
-//! `safetensors` checkpoints.
+//! - [`NetBackend`]: the primitive neural-network ops (conv2d, linear, group
+//!   norm, SiLU, attention, up/down-sampling, concatenation, dropout), each
+//!   with an explicit backward pass giving input and parameter gradients;
+//!   implemented for the CPU in [`cpu`] (gemm-based, threaded) and, later,
+//!   for wgpu;
+//! - [`params`]: the flat parameter store (one buffer of parameters, one of
+//!   gradients) with named [`View`]s and seeded initialisation;
+//! - [`embed`]: sinusoidal and Gaussian-Fourier time embeddings;
+//! - [`layers`] and [`unet`]: the DDPM++-family UNet with explicit backward,
+//!   and [`UnetScore`], which implements `sde_core::ScoreModel`.
+//!
+//! Still to come (see the issue tracker): checkpoints, and the wgpu backend
+//! with the WGSL kernels of `shaders/`.
+
+pub mod cpu;
+pub mod embed;
+pub mod error;
+pub mod layers;
+pub mod net_backend;
+pub mod params;
+pub mod unet;
+
+pub use error::{NetError, Result};
+pub use net_backend::{Conv2dSpec, NetBackend, View};
+pub use params::{Init, ParamBuilder, ParamStore};
+pub use unet::{Embedding, Resample, Unet, UnetConfig, UnetScore};

@@ -1,0 +1,636 @@
+//! CPU kernels of the non-GEMM [`NetBackend`](crate::NetBackend) ops: group
+//! norm, SiLU, nearest up-sampling, average pooling, channel concatenation,
+//! channel biases, token layout changes, attention and dropout, each with its
+//! backward pass.
+//!
+//! All tensors are `f32`, images `[N, C, H, W]` and token sequences
+//! `[N, L, C]`, row-major. Statistics and reductions accumulate in `f64`.
+//! Work is split over the batch with rayon once a tensor is large enough to
+//! pay for the threading; bad shapes and views give typed errors, never panics.
+
+use rayon::prelude::*;
+use sde_core::rng::u32_to_unit_f32;
+use sde_core::{CpuTensor, NoiseKey};
+
+use super::{dims, tensor, view_slice, view_slice_mut};
+use crate::error::{ensure_shape, NetError};
+use crate::{Result, View};
+
+/// Elements of work below which an op runs on the calling thread.
+const PAR_MIN_WORK: usize = 1 << 15;
+
+/// Runs `f(index, chunk)` over the `chunk`-sized pieces of `out`, in parallel
+/// when `work` (roughly the op's element operations) is large enough.
+fn for_chunks<F>(out: &mut [f32], chunk: usize, work: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    if chunk == 0 {
+        return;
+    }
+    if work >= PAR_MIN_WORK && out.len() > chunk {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// Checks that `a` and `b` have the same shape.
+fn same_shape(op: &'static str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
+    ensure_shape(a.shape() == b.shape(), op, || {
+        format!("shapes {} and {} differ", a.shape(), b.shape())
+    })
+}
+
+/// Checks that `view` has exactly `c` elements (a per-channel parameter).
+fn channel_view(view: &View, c: usize, what: &str) -> Result<()> {
+    if view.numel() == c {
+        Ok(())
+    } else {
+        Err(NetError::View {
+            name: format!("{what}@{}", view.offset),
+            reason: format!(
+                "shape {:?} has {} elements, expected {c} (one per channel)",
+                view.shape,
+                view.numel()
+            ),
+        })
+    }
+}
+
+/// The dimensions of a rank-4 image tensor, each at least 1.
+fn image_dims(x: &CpuTensor, op: &'static str) -> Result<[usize; 4]> {
+    let d = dims(x, 4, op)?;
+    Ok([d[0], d[1], d[2], d[3]])
+}
+
+/// Validates the group-norm arguments; returns `[N, C, H, W]`.
+fn group_norm_check(
+    x: &CpuTensor,
+    gamma: &View,
+    beta: &View,
+    groups: usize,
+    eps: f32,
+    op: &'static str,
+) -> Result<[usize; 4]> {
+    let d = image_dims(x, op)?;
+    let c = d[1];
+    ensure_shape(groups > 0 && c % groups == 0, op, || {
+        format!("{c} channels cannot be split into {groups} groups")
+    })?;
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(NetError::Config {
+            field: "group_norm.eps",
+            value: eps.to_string(),
+            reason: "must be finite and non-negative".into(),
+        });
+    }
+    channel_view(gamma, c, "gamma")?;
+    channel_view(beta, c, "beta")?;
+    Ok(d)
+}
+
+/// Mean and `1/sqrt(var + eps)` of `x` (two-pass, `f64`).
+fn moments(x: &[f32], eps: f32) -> (f64, f64) {
+    let m = x.len().max(1) as f64;
+    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / m;
+    let var = x
+        .iter()
+        .map(|&v| {
+            let d = f64::from(v) - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / m;
+    (mean, 1.0 / (var + f64::from(eps)).sqrt())
+}
+
+/// Group normalisation of `x [N, C, H, W]`: per sample and group of `C/groups`
+/// channels, `(x - mean) / sqrt(var + eps) * gamma[c] + beta[c]` with the biased
+/// variance over the group's channels and pixels.
+pub fn group_norm(
+    x: &CpuTensor,
+    params: &CpuTensor,
+    gamma: &View,
+    beta: &View,
+    groups: usize,
+    eps: f32,
+) -> Result<CpuTensor> {
+    const OP: &str = "group_norm";
+    let [n, c, h, w] = group_norm_check(x, gamma, beta, groups, eps, OP)?;
+    let g = view_slice(params, gamma)?;
+    let b = view_slice(params, beta)?;
+    let hw = h * w;
+    let cg = c / groups;
+    let xd = x.data();
+    let mut out = vec![0.0f32; xd.len()];
+    // One chunk per (sample, group): the group's channels are contiguous.
+    for_chunks(&mut out, cg * hw, xd.len(), |i, o| {
+        let xs = &xd[i * cg * hw..(i + 1) * cg * hw];
+        let (mean, rstd) = moments(xs, eps);
+        let c0 = (i % groups) * cg;
+        for (ci, (oc, xc)) in o.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
+            let scale = rstd * f64::from(g[c0 + ci]);
+            let shift = f64::from(b[c0 + ci]) - mean * scale;
+            for (o, &v) in oc.iter_mut().zip(xc) {
+                *o = (f64::from(v) * scale + shift) as f32;
+            }
+        }
+    });
+    tensor(out, &[n, c, h, w])
+}
+
+/// Backward of [`group_norm`] (statistics recomputed from `x`): accumulates
+/// `dgamma`, `dbeta` into `grads` (same layout as `params`) and returns `dx`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_backward(
+    x: &CpuTensor,
+    dy: &CpuTensor,
+    params: &CpuTensor,
+    gamma: &View,
+    beta: &View,
+    groups: usize,
+    eps: f32,
+    grads: &mut CpuTensor,
+) -> Result<CpuTensor> {
+    const OP: &str = "group_norm_backward";
+    let [n, c, h, w] = group_norm_check(x, gamma, beta, groups, eps, OP)?;
+    same_shape(OP, x, dy)?;
+    let g = view_slice(params, gamma)?;
+    // Check the gradient views before doing the work.
+    view_slice_mut(grads, gamma)?;
+    view_slice_mut(grads, beta)?;
+    let hw = h * w;
+    let cg = c / groups;
+    let gs = cg * hw;
+    let xd = x.data();
+    let dyd = dy.data();
+    let mut dx = vec![0.0f32; xd.len()];
+    // Per (sample, group), the group's `dgamma` then `dbeta` partial sums.
+    let mut partial = vec![0.0f64; n * groups * 2 * cg];
+    let body = |i: usize, dxs: &mut [f32], part: &mut [f64]| {
+        let xs = &xd[i * gs..(i + 1) * gs];
+        let dys = &dyd[i * gs..(i + 1) * gs];
+        let (mean, rstd) = moments(xs, eps);
+        let c0 = (i % groups) * cg;
+        // Sums over the group of dxhat = dy * gamma and dxhat * xhat.
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        let (pg, pb) = part.split_at_mut(cg);
+        for ci in 0..cg {
+            let gc = f64::from(g[c0 + ci]);
+            let (mut dg, mut db) = (0.0f64, 0.0f64);
+            for (&v, &d) in xs[ci * hw..(ci + 1) * hw]
+                .iter()
+                .zip(&dys[ci * hw..(ci + 1) * hw])
+            {
+                let xh = (f64::from(v) - mean) * rstd;
+                let d = f64::from(d);
+                dg += d * xh;
+                db += d;
+            }
+            pg[ci] = dg;
+            pb[ci] = db;
+            s1 += gc * db;
+            s2 += gc * dg;
+        }
+        let m = gs as f64;
+        let (m1, m2) = (s1 / m, s2 / m);
+        for ci in 0..cg {
+            let gc = f64::from(g[c0 + ci]);
+            let r = ci * hw..(ci + 1) * hw;
+            for ((o, &v), &d) in dxs[r.clone()].iter_mut().zip(&xs[r.clone()]).zip(&dys[r]) {
+                let xh = (f64::from(v) - mean) * rstd;
+                *o = (rstd * (f64::from(d) * gc - m1 - xh * m2)) as f32;
+            }
+        }
+    };
+    if xd.len() >= PAR_MIN_WORK && n * groups > 1 {
+        dx.par_chunks_mut(gs)
+            .zip(partial.par_chunks_mut(2 * cg))
+            .enumerate()
+            .for_each(|(i, (d, p))| body(i, d, p));
+    } else {
+        dx.chunks_mut(gs)
+            .zip(partial.chunks_mut(2 * cg))
+            .enumerate()
+            .for_each(|(i, (d, p))| body(i, d, p));
+    }
+    let mut dgamma = vec![0.0f64; c];
+    let mut dbeta = vec![0.0f64; c];
+    for (i, p) in partial.chunks_exact(2 * cg).enumerate() {
+        let c0 = (i % groups) * cg;
+        for ci in 0..cg {
+            dgamma[c0 + ci] += p[ci];
+            dbeta[c0 + ci] += p[cg + ci];
+        }
+    }
+    for (o, v) in view_slice_mut(grads, gamma)?.iter_mut().zip(&dgamma) {
+        *o += *v as f32;
+    }
+    for (o, v) in view_slice_mut(grads, beta)?.iter_mut().zip(&dbeta) {
+        *o += *v as f32;
+    }
+    tensor(dx, &[n, c, h, w])
+}
+
+/// The logistic sigmoid.
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `silu(x) = x sigmoid(x)`, elementwise (any shape).
+pub fn silu(x: &CpuTensor) -> Result<CpuTensor> {
+    let xd = x.data();
+    let mut out = vec![0.0f32; xd.len()];
+    let chunk = PAR_MIN_WORK.min(xd.len()).max(1);
+    for_chunks(&mut out, chunk, xd.len(), |i, o| {
+        for (o, &v) in o.iter_mut().zip(&xd[i * chunk..]) {
+            *o = v * sigmoid(v);
+        }
+    });
+    tensor(out, x.shape().dims())
+}
+
+/// Backward of [`silu`]: `dy * silu'(x)` with `silu'(x) = s (1 + x (1 - s))`, `s = sigmoid(x)`.
+pub fn silu_backward(x: &CpuTensor, dy: &CpuTensor) -> Result<CpuTensor> {
+    same_shape("silu_backward", x, dy)?;
+    let xd = x.data();
+    let dyd = dy.data();
+    let mut out = vec![0.0f32; xd.len()];
+    let chunk = PAR_MIN_WORK.min(xd.len()).max(1);
+    for_chunks(&mut out, chunk, xd.len(), |i, o| {
+        for ((o, &v), &d) in o.iter_mut().zip(&xd[i * chunk..]).zip(&dyd[i * chunk..]) {
+            let s = sigmoid(v);
+            *o = d * s * (1.0 + v * (1.0 - s));
+        }
+    });
+    tensor(out, x.shape().dims())
+}
+
+/// Nearest-neighbour 2x up-sampling of `[N, C, H, W]` to `[N, C, 2H, 2W]`.
+pub fn upsample_nearest2x(x: &CpuTensor) -> Result<CpuTensor> {
+    let [n, c, h, w] = image_dims(x, "upsample_nearest2x")?;
+    let xd = x.data();
+    let (h2, w2) = (2 * h, 2 * w);
+    let mut out = vec![0.0f32; 4 * xd.len()];
+    for_chunks(&mut out, h2 * w2, 4 * xd.len(), |p, o| {
+        let xs = &xd[p * h * w..(p + 1) * h * w];
+        for (i, xr) in xs.chunks_exact(w).enumerate() {
+            let (top, bottom) = o[2 * i * w2..(2 * i + 2) * w2].split_at_mut(w2);
+            for (j, &v) in xr.iter().enumerate() {
+                top[2 * j] = v;
+                top[2 * j + 1] = v;
+            }
+            bottom.copy_from_slice(top);
+        }
+    });
+    tensor(out, &[n, c, h2, w2])
+}
+
+/// Checks that the spatial size of `x` is even; returns `[N, C, H, W]`.
+fn even_image_dims(x: &CpuTensor, op: &'static str) -> Result<[usize; 4]> {
+    let d = image_dims(x, op)?;
+    ensure_shape(d[2] % 2 == 0 && d[3] % 2 == 0, op, || {
+        format!("needs an even height and width, got shape {}", x.shape())
+    })?;
+    Ok(d)
+}
+
+/// Sums of the 2x2 blocks of `[N, C, H, W]` (H, W even), times `scale`.
+fn block_sum(x: &CpuTensor, scale: f32, op: &'static str) -> Result<CpuTensor> {
+    let [n, c, h, w] = even_image_dims(x, op)?;
+    let xd = x.data();
+    let (ho, wo) = (h / 2, w / 2);
+    let mut out = vec![0.0f32; xd.len() / 4];
+    for_chunks(&mut out, ho * wo, xd.len(), |p, o| {
+        let xs = &xd[p * h * w..(p + 1) * h * w];
+        for (i, orow) in o.chunks_exact_mut(wo).enumerate() {
+            let r0 = &xs[2 * i * w..(2 * i + 1) * w];
+            let r1 = &xs[(2 * i + 1) * w..(2 * i + 2) * w];
+            for (j, ov) in orow.iter_mut().enumerate() {
+                *ov = (r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1]) * scale;
+            }
+        }
+    });
+    tensor(out, &[n, c, ho, wo])
+}
+
+/// Backward of [`upsample_nearest2x`]: `dy [N, C, 2H, 2W]` summed over each 2x2
+/// block to `[N, C, H, W]`.
+pub fn upsample_nearest2x_backward(dy: &CpuTensor) -> Result<CpuTensor> {
+    block_sum(dy, 1.0, "upsample_nearest2x_backward")
+}
+
+/// 2x2 average pooling with stride 2 of `[N, C, H, W]` (H, W even).
+pub fn avg_pool2x(x: &CpuTensor) -> Result<CpuTensor> {
+    block_sum(x, 0.25, "avg_pool2x")
+}
+
+/// Backward of [`avg_pool2x`]: each `dy [N, C, H, W]` value spread as `dy/4`
+/// over its 2x2 block of `[N, C, 2H, 2W]`.
+pub fn avg_pool2x_backward(dy: &CpuTensor) -> Result<CpuTensor> {
+    let up = upsample_nearest2x(dy)
+        .map_err(|e| rename_shape_error(e, "avg_pool2x_backward"))?
+        .into_vec();
+    let [n, c, h, w] = image_dims(dy, "avg_pool2x_backward")?;
+    tensor(
+        up.into_iter().map(|v| v * 0.25).collect(),
+        &[n, c, 2 * h, 2 * w],
+    )
+}
+
+/// Gives a shape error raised by a helper the name of the public op.
+fn rename_shape_error(e: NetError, op: &'static str) -> NetError {
+    match e {
+        NetError::Shape { reason, .. } => NetError::Shape { op, reason },
+        other => other,
+    }
+}
+
+/// Concatenation along channels: `a [N, Ca, H, W] ++ b [N, Cb, H, W]`.
+pub fn concat_channels(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+    const OP: &str = "concat_channels";
+    let [n, ca, h, w] = image_dims(a, OP)?;
+    let [nb, cb, hb, wb] = image_dims(b, OP)?;
+    ensure_shape(n == nb && h == hb && w == wb, OP, || {
+        format!(
+            "shapes {} and {} differ outside the channels",
+            a.shape(),
+            b.shape()
+        )
+    })?;
+    let (sa, sb) = (ca * h * w, cb * h * w);
+    let mut out = Vec::with_capacity(n * (sa + sb));
+    for (xa, xb) in a.data().chunks_exact(sa).zip(b.data().chunks_exact(sb)) {
+        out.extend_from_slice(xa);
+        out.extend_from_slice(xb);
+    }
+    tensor(out, &[n, ca + cb, h, w])
+}
+
+/// Backward of [`concat_channels`]: splits `dy [N, C, H, W]` into its first
+/// `ca` channels and the rest (`0 < ca < C`).
+pub fn split_channels(dy: &CpuTensor, ca: usize) -> Result<(CpuTensor, CpuTensor)> {
+    const OP: &str = "split_channels";
+    let [n, c, h, w] = image_dims(dy, OP)?;
+    ensure_shape(ca > 0 && ca < c, OP, || {
+        format!("cannot split {c} channels after {ca} (both parts need at least one)")
+    })?;
+    let cb = c - ca;
+    let (sa, sb) = (ca * h * w, cb * h * w);
+    let mut a = Vec::with_capacity(n * sa);
+    let mut b = Vec::with_capacity(n * sb);
+    for s in dy.data().chunks_exact(sa + sb) {
+        let (xa, xb) = s.split_at(sa);
+        a.extend_from_slice(xa);
+        b.extend_from_slice(xb);
+    }
+    Ok((tensor(a, &[n, ca, h, w])?, tensor(b, &[n, cb, h, w])?))
+}
+
+/// `x [N, C, H, W] + v [N, C]`, `v` broadcast over the pixels.
+pub fn add_channel_bias(x: &CpuTensor, v: &CpuTensor) -> Result<CpuTensor> {
+    const OP: &str = "add_channel_bias";
+    let [n, c, h, w] = image_dims(x, OP)?;
+    let vd = dims(v, 2, OP)?;
+    ensure_shape(vd == [n, c], OP, || {
+        format!(
+            "bias shape {} does not match [N, C] = [{n}, {c}] of {}",
+            v.shape(),
+            x.shape()
+        )
+    })?;
+    let hw = h * w;
+    let xd = x.data();
+    let vv = v.data();
+    let mut out = vec![0.0f32; xd.len()];
+    for_chunks(&mut out, hw, xd.len(), |p, o| {
+        let b = vv[p];
+        for (o, &xv) in o.iter_mut().zip(&xd[p * hw..(p + 1) * hw]) {
+            *o = xv + b;
+        }
+    });
+    tensor(out, &[n, c, h, w])
+}
+
+/// Backward of [`add_channel_bias`] for `v`: `dy [N, C, H, W]` summed over the
+/// pixels to `[N, C]` (accumulated in `f64`).
+pub fn sum_spatial(dy: &CpuTensor) -> Result<CpuTensor> {
+    let [n, c, h, w] = image_dims(dy, "sum_spatial")?;
+    let out = dy
+        .data()
+        .chunks_exact(h * w)
+        .map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
+        .collect();
+    tensor(out, &[n, c])
+}
+
+/// Transposes each sample's `[A, B]` matrix (`x` holds `N` of them) to `[B, A]`.
+fn transpose_samples(xd: &[f32], a: usize, b: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; xd.len()];
+    for_chunks(&mut out, a * b, xd.len(), |s, o| {
+        let xs = &xd[s * a * b..(s + 1) * a * b];
+        for (i, row) in xs.chunks_exact(b).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                o[j * a + i] = v;
+            }
+        }
+    });
+    out
+}
+
+/// `[N, C, H, W] -> [N, H*W, C]` (pixels as tokens).
+pub fn to_tokens(x: &CpuTensor) -> Result<CpuTensor> {
+    let [n, c, h, w] = image_dims(x, "to_tokens")?;
+    tensor(transpose_samples(x.data(), c, h * w), &[n, h * w, c])
+}
+
+/// `[N, H*W, C] -> [N, C, H, W]` (inverse of [`to_tokens`]).
+pub fn from_tokens(x: &CpuTensor, h: usize, w: usize) -> Result<CpuTensor> {
+    const OP: &str = "from_tokens";
+    let d = dims(x, 3, OP)?;
+    let (n, l, c) = (d[0], d[1], d[2]);
+    ensure_shape(h > 0 && w > 0 && h * w == l, OP, || {
+        format!("{l} tokens do not form a {h}x{w} image")
+    })?;
+    tensor(transpose_samples(x.data(), l, c), &[n, c, h, w])
+}
+
+/// Validates attention inputs; returns `(N, L, C)`.
+fn attention_dims(
+    q: &CpuTensor,
+    k: &CpuTensor,
+    v: &CpuTensor,
+    op: &'static str,
+) -> Result<(usize, usize, usize)> {
+    let d = dims(q, 3, op)?;
+    dims(k, 3, op)?;
+    dims(v, 3, op)?;
+    same_shape(op, q, k)?;
+    same_shape(op, q, v)?;
+    Ok((d[0], d[1], d[2]))
+}
+
+/// `<a, b>` in `f32`.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `y += alpha x`.
+#[inline]
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
+/// The row-softmax attention weights `P = softmax(q k^T / sqrt(C))` of one
+/// sample, `[L, L]` (max-subtracted, so stable for large logits).
+fn attention_weights(q: &[f32], k: &[f32], l: usize, c: usize) -> Vec<f32> {
+    let scale = 1.0 / (c as f32).sqrt();
+    let mut p = vec![0.0f32; l * l];
+    for (qi, prow) in q.chunks_exact(c).zip(p.chunks_exact_mut(l)) {
+        let mut max = f32::NEG_INFINITY;
+        for (pj, kj) in prow.iter_mut().zip(k.chunks_exact(c)) {
+            *pj = dot(qi, kj) * scale;
+            max = max.max(*pj);
+        }
+        let mut sum = 0.0f32;
+        for pj in prow.iter_mut() {
+            *pj = (*pj - max).exp();
+            sum += *pj;
+        }
+        let inv = 1.0 / sum;
+        prow.iter_mut().for_each(|pj| *pj *= inv);
+    }
+    p
+}
+
+/// Scaled dot-product attention `softmax(q k^T / sqrt(C)) v` per sample,
+/// `q, k, v [N, L, C]`.
+pub fn attention(q: &CpuTensor, k: &CpuTensor, v: &CpuTensor) -> Result<CpuTensor> {
+    let (n, l, c) = attention_dims(q, k, v, "attention")?;
+    let s = l * c;
+    let (qd, kd, vd) = (q.data(), k.data(), v.data());
+    let mut out = vec![0.0f32; qd.len()];
+    for_chunks(&mut out, s, 2 * l * s, |b, o| {
+        let r = b * s..(b + 1) * s;
+        let p = attention_weights(&qd[r.clone()], &kd[r.clone()], l, c);
+        let vs = &vd[r];
+        for (orow, prow) in o.chunks_exact_mut(c).zip(p.chunks_exact(l)) {
+            for (&pj, vj) in prow.iter().zip(vs.chunks_exact(c)) {
+                axpy(pj, vj, orow);
+            }
+        }
+    });
+    tensor(out, &[n, l, c])
+}
+
+/// Backward of [`attention`]: `(dq, dk, dv)` for the output gradient `dy`
+/// (the attention weights are recomputed). With `P` the weights and
+/// `dS = P ⊙ (dy v^T - rowsum(P ⊙ dy v^T))`: `dv = P^T dy`,
+/// `dq = dS k / sqrt(C)`, `dk = dS^T q / sqrt(C)`.
+pub fn attention_backward(
+    q: &CpuTensor,
+    k: &CpuTensor,
+    v: &CpuTensor,
+    dy: &CpuTensor,
+) -> Result<(CpuTensor, CpuTensor, CpuTensor)> {
+    const OP: &str = "attention_backward";
+    let (n, l, c) = attention_dims(q, k, v, OP)?;
+    same_shape(OP, q, dy)?;
+    let s = l * c;
+    let scale = 1.0 / (c as f32).sqrt();
+    let (qd, kd, vd, dyd) = (q.data(), k.data(), v.data(), dy.data());
+    let mut dq = vec![0.0f32; qd.len()];
+    let mut dk = vec![0.0f32; qd.len()];
+    let mut dv = vec![0.0f32; qd.len()];
+    let body = |b: usize, dqs: &mut [f32], dks: &mut [f32], dvs: &mut [f32]| {
+        let r = b * s..(b + 1) * s;
+        let (qs, ks, vs, dys) = (&qd[r.clone()], &kd[r.clone()], &vd[r.clone()], &dyd[r]);
+        let p = attention_weights(qs, ks, l, c);
+        let mut ds = vec![0.0f32; l];
+        for (i, (prow, dyi)) in p.chunks_exact(l).zip(dys.chunks_exact(c)).enumerate() {
+            // dP_ij = <dy_i, v_j>, then dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij) / sqrt(C).
+            let mut rowsum = 0.0f32;
+            for ((d, &pij), vj) in ds.iter_mut().zip(prow).zip(vs.chunks_exact(c)) {
+                *d = dot(dyi, vj);
+                rowsum += pij * *d;
+            }
+            for (d, &pij) in ds.iter_mut().zip(prow) {
+                *d = pij * (*d - rowsum) * scale;
+            }
+            let qi = &qs[i * c..(i + 1) * c];
+            let dqi = &mut dqs[i * c..(i + 1) * c];
+            for (((&dsij, &pij), kj), (dkj, dvj)) in ds
+                .iter()
+                .zip(prow)
+                .zip(ks.chunks_exact(c))
+                .zip(dks.chunks_exact_mut(c).zip(dvs.chunks_exact_mut(c)))
+            {
+                axpy(dsij, kj, dqi);
+                axpy(dsij, qi, dkj);
+                axpy(pij, dyi, dvj);
+            }
+        }
+    };
+    if 4 * l * qd.len() >= PAR_MIN_WORK && n > 1 {
+        dq.par_chunks_mut(s)
+            .zip(dk.par_chunks_mut(s))
+            .zip(dv.par_chunks_mut(s))
+            .enumerate()
+            .for_each(|(b, ((a, bk), cv))| body(b, a, bk, cv));
+    } else {
+        dq.chunks_mut(s)
+            .zip(dk.chunks_mut(s))
+            .zip(dv.chunks_mut(s))
+            .enumerate()
+            .for_each(|(b, ((a, bk), cv))| body(b, a, bk, cv));
+    }
+    let d = [n, l, c];
+    Ok((tensor(dq, &d)?, tensor(dk, &d)?, tensor(dv, &d)?))
+}
+
+/// Elements per parallel dropout chunk (a multiple of 4, the Philox block size).
+const DROPOUT_CHUNK: usize = 1 << 14;
+
+/// Inverted dropout with drop probability `p` in `[0, 1)`: element `i` is
+/// zeroed when its uniform from `key` (as [`NoiseKey::fill_uniform`] gives it)
+/// is `< p`, the others scaled by `1/(1-p)`. `p = 0` returns `x` unchanged.
+/// Applied to `dy` with the same key, it is also the backward pass.
+pub fn dropout(x: &CpuTensor, p: f32, key: NoiseKey) -> Result<CpuTensor> {
+    if !(p.is_finite() && (0.0..1.0).contains(&p)) {
+        return Err(NetError::Config {
+            field: "dropout.p",
+            value: p.to_string(),
+            reason: "the drop probability must lie in [0, 1)".into(),
+        });
+    }
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    let keep_scale = 1.0 / (1.0 - p);
+    let xd = x.data();
+    let mut out = vec![0.0f32; xd.len()];
+    // Element i's uniform is lane i % 4 of Philox block i / 4, exactly as
+    // `NoiseKey::fill_uniform` lays the stream out; chunks start on block
+    // boundaries so they can be generated independently.
+    for_chunks(&mut out, DROPOUT_CHUNK, xd.len(), |ci, o| {
+        let start = ci * DROPOUT_CHUNK;
+        for (bi, (ob, xb)) in o.chunks_mut(4).zip(xd[start..].chunks(4)).enumerate() {
+            let bits = key.block(((start / 4) + bi) as u64);
+            for ((o, &xv), &u) in ob.iter_mut().zip(xb).zip(&bits) {
+                *o = if u32_to_unit_f32(u) < p {
+                    0.0
+                } else {
+                    xv * keep_scale
+                };
+            }
+        }
+    });
+    tensor(out, x.shape().dims())
+}

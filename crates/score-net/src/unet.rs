@@ -1,0 +1,670 @@
+//! The UNet score network of the DDPM++ / NCSN++ family (Song et al. 2021,
+//! appendix H; Ho et al. 2020): an input convolution, `num_res_blocks`
+//! residual blocks per resolution level (with self-attention at chosen
+//! resolutions), down-sampling between levels, a middle block
+//! (ResBlock–Attention–ResBlock), an up path whose residual blocks take the
+//! matching down-path activations as skip connections, and an output
+//! GroupNorm–SiLU–convolution. Time enters through an embedding (sinusoidal on
+//! `999 t`, or Gaussian Fourier features on `ln sigma`) and a two-layer MLP,
+//! projected into every residual block.
+//!
+//! [`UnetScore`] turns the network into a [`ScoreModel`]: VP / sub-VP networks
+//! predict noise (`score = -out / s(t)`), VE networks are scaled by
+//! `1 / sigma(t)`. Both the parameter gradients (training) and the input
+//! vector-Jacobian product (likelihoods) come from one explicit backward pass.
+
+use sde_core::{Backend, Coef, NoiseKey, ScoreModel, Sde, SdeKind, Shape};
+use serde::{Deserialize, Serialize};
+
+use crate::embed;
+use crate::error::NetError;
+use crate::layers::{AttnBlock, AttnCache, Conv, GroupNorm, Linear, ResBlock, ResBlockCache};
+use crate::params::{ParamBuilder, ParamStore};
+use crate::{NetBackend, Result};
+
+/// How time is embedded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Embedding {
+    /// Sinusoidal positional embedding (DDPM++); VP / sub-VP feed `999 t`, VE feeds `sigma(t)`.
+    #[default]
+    Positional,
+    /// Gaussian Fourier features (NCSN++) of `ln sigma(t)` (VE) or `999 t` (VP / sub-VP).
+    Fourier,
+}
+
+/// How resolution changes between levels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resample {
+    /// Down: 3x3 convolution with stride 2. Up: nearest 2x then a 3x3 convolution.
+    #[default]
+    Conv,
+    /// Down: 2x2 average pooling. Up: nearest 2x. No parameters.
+    Pool,
+}
+
+/// UNet hyper-parameters. The defaults are the reference configuration of the
+/// benchmarks (28x28 grey images): base 32 channels, multipliers (1, 2, 2), two
+/// residual blocks per level, attention at 7x7.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnetConfig {
+    /// Image channels (1 grey, 3 RGB).
+    pub in_channels: usize,
+    /// Channels of the first level (`nf`).
+    pub base_channels: usize,
+    /// Channel multiplier per level; the number of levels is its length.
+    pub channel_mult: Vec<usize>,
+    /// Residual blocks per level on the down path (the up path has one more).
+    pub num_res_blocks: usize,
+    /// Spatial sizes (height) at which self-attention follows each residual block.
+    pub attn_resolutions: Vec<usize>,
+    /// Dropout probability inside residual blocks (reference: 0.1).
+    pub dropout: f32,
+    /// Divide residual sums by sqrt(2) (DDPM++: true).
+    pub skip_rescale: bool,
+    /// Time embedding.
+    pub embedding: Embedding,
+    /// Standard deviation of the Fourier frequencies (NCSN++: 16).
+    pub fourier_scale: f32,
+    /// Down/up-sampling layers.
+    pub resample: Resample,
+}
+
+impl Default for UnetConfig {
+    fn default() -> Self {
+        UnetConfig {
+            in_channels: 1,
+            base_channels: 32,
+            channel_mult: vec![1, 2, 2],
+            num_res_blocks: 2,
+            attn_resolutions: vec![7],
+            dropout: 0.1,
+            skip_rescale: true,
+            embedding: Embedding::Positional,
+            fourier_scale: 16.0,
+            resample: Resample::Conv,
+        }
+    }
+}
+
+impl UnetConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, value: String, reason: &str| {
+            Err(NetError::Config {
+                field,
+                value,
+                reason: reason.to_string(),
+            })
+        };
+        if self.in_channels == 0 {
+            return bad("in_channels", "0".into(), "must be > 0");
+        }
+        if self.base_channels < 4 || self.base_channels % 4 != 0 {
+            return bad(
+                "base_channels",
+                self.base_channels.to_string(),
+                "must be a positive multiple of 4",
+            );
+        }
+        if self.channel_mult.is_empty() || self.channel_mult.contains(&0) {
+            return bad(
+                "channel_mult",
+                format!("{:?}", self.channel_mult),
+                "needs at least one level, all > 0",
+            );
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", self.dropout.to_string(), "must lie in [0, 1)");
+        }
+        Ok(())
+    }
+
+    /// Number of resolution levels.
+    pub fn levels(&self) -> usize {
+        self.channel_mult.len()
+    }
+
+    /// Checks that an image `[N, C, H, W]` fits: `C = in_channels` and `H`, `W`
+    /// divisible by `2^(levels - 1)`.
+    pub fn check_input(&self, shape: &Shape) -> Result<()> {
+        let d = shape.dims();
+        let f = 1usize << (self.levels() - 1);
+        if d.len() != 4 || d[1] != self.in_channels || d[2] % f != 0 || d[3] % f != 0 {
+            return Err(NetError::Shape {
+                op: "unet",
+                reason: format!(
+                    "input {shape} must be [N, {}, H, W] with H and W divisible by {f}",
+                    self.in_channels
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+enum DownItem {
+    Res(Box<ResBlock>, Option<Box<AttnBlock>>),
+    Down(Option<Conv>),
+}
+
+#[derive(Clone, Debug)]
+enum UpItem {
+    Res(Box<ResBlock>, Option<Box<AttnBlock>>),
+    Up(Option<Conv>),
+}
+
+#[derive(Clone, Debug)]
+enum ItemCache<T> {
+    /// Block cache, attention cache, skip index, skip channels.
+    Res(
+        Box<ResBlockCache<T>>,
+        Option<Box<AttnCache<T>>>,
+        usize,
+        usize,
+    ),
+    Resample(T),
+}
+
+/// Everything the backward pass needs from a forward pass.
+#[derive(Clone, Debug)]
+pub struct UnetCache<T> {
+    emb: T,
+    t0: T,
+    st0: T,
+    temb: T,
+    x: T,
+    down: Vec<ItemCache<T>>,
+    mid: Box<(ResBlockCache<T>, AttnCache<T>, ResBlockCache<T>)>,
+    up: Vec<ItemCache<T>>,
+    n_skips: usize,
+    out_in: T,
+    out_a: T,
+    out_s: T,
+}
+
+/// The UNet: layer structure plus parameter views (the parameters themselves
+/// live in a [`ParamStore`]).
+#[derive(Clone, Debug)]
+pub struct Unet {
+    cfg: UnetConfig,
+    temb0: Linear,
+    temb1: Linear,
+    conv_in: Conv,
+    down: Vec<DownItem>,
+    mid: (ResBlock, AttnBlock, ResBlock),
+    up: Vec<UpItem>,
+    gn_out: GroupNorm,
+    conv_out: Conv,
+    fourier: Vec<f32>,
+}
+
+impl Unet {
+    /// Builds the layer structure and declares its parameters in `pb`;
+    /// `image_size` (height) decides where attention goes.
+    pub fn new(
+        cfg: &UnetConfig,
+        image_size: usize,
+        pb: &mut ParamBuilder,
+        seed: u64,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let nf = cfg.base_channels;
+        let temb_dim = 4 * nf;
+        let (drop, sr) = (cfg.dropout, cfg.skip_rescale);
+        let temb0 = Linear::new(pb, "temb.0", nf, temb_dim, 1.0)?;
+        let temb1 = Linear::new(pb, "temb.1", temb_dim, temb_dim, 1.0)?;
+        let conv_in = Conv::new(pb, "conv_in", cfg.in_channels, nf, 3, 1, 1.0)?;
+        let attn_at = |res: usize| cfg.attn_resolutions.contains(&res);
+        let mut down = Vec::new();
+        let mut chans = vec![nf];
+        let mut c = nf;
+        let mut res = image_size;
+        for (lvl, mult) in cfg.channel_mult.iter().enumerate() {
+            let cout = nf * mult;
+            for r in 0..cfg.num_res_blocks {
+                let name = format!("down.{lvl}.{r}");
+                let block = ResBlock::new(pb, &name, c, cout, temb_dim, drop, sr)?;
+                let attn = if attn_at(res) {
+                    Some(Box::new(AttnBlock::new(
+                        pb,
+                        &format!("{name}.attn"),
+                        cout,
+                        sr,
+                    )?))
+                } else {
+                    None
+                };
+                down.push(DownItem::Res(Box::new(block), attn));
+                c = cout;
+                chans.push(c);
+            }
+            if lvl + 1 < cfg.levels() {
+                let conv = match cfg.resample {
+                    Resample::Conv => Some(Conv::new(
+                        pb,
+                        &format!("down.{lvl}.resample"),
+                        c,
+                        c,
+                        3,
+                        2,
+                        1.0,
+                    )?),
+                    Resample::Pool => None,
+                };
+                down.push(DownItem::Down(conv));
+                chans.push(c);
+                res /= 2;
+            }
+        }
+        let mid = (
+            ResBlock::new(pb, "mid.0", c, c, temb_dim, drop, sr)?,
+            AttnBlock::new(pb, "mid.attn", c, sr)?,
+            ResBlock::new(pb, "mid.1", c, c, temb_dim, drop, sr)?,
+        );
+        let mut up = Vec::new();
+        for (lvl, mult) in cfg.channel_mult.iter().enumerate().rev() {
+            let cout = nf * mult;
+            for r in 0..=cfg.num_res_blocks {
+                let skip_c = chans.pop().ok_or_else(|| NetError::Config {
+                    field: "channel_mult",
+                    value: format!("{:?}", cfg.channel_mult),
+                    reason: "internal: skip stack exhausted".into(),
+                })?;
+                let name = format!("up.{lvl}.{r}");
+                let block = ResBlock::new(pb, &name, c + skip_c, cout, temb_dim, drop, sr)?;
+                let attn = if attn_at(res) {
+                    Some(Box::new(AttnBlock::new(
+                        pb,
+                        &format!("{name}.attn"),
+                        cout,
+                        sr,
+                    )?))
+                } else {
+                    None
+                };
+                up.push(UpItem::Res(Box::new(block), attn));
+                c = cout;
+            }
+            if lvl > 0 {
+                let conv = match cfg.resample {
+                    Resample::Conv => Some(Conv::new(
+                        pb,
+                        &format!("up.{lvl}.resample"),
+                        c,
+                        c,
+                        3,
+                        1,
+                        1.0,
+                    )?),
+                    Resample::Pool => None,
+                };
+                up.push(UpItem::Up(conv));
+                res *= 2;
+            }
+        }
+        let gn_out = GroupNorm::new(pb, "out.gn", c)?;
+        let conv_out = Conv::new(pb, "out.conv", c, cfg.in_channels, 3, 1, 1e-10)?;
+        let fourier = match cfg.embedding {
+            Embedding::Fourier => embed::fourier_weights(nf / 2, cfg.fourier_scale, seed),
+            Embedding::Positional => Vec::new(),
+        };
+        Ok(Unet {
+            cfg: cfg.clone(),
+            temb0,
+            temb1,
+            conv_in,
+            down,
+            mid,
+            up,
+            gn_out,
+            conv_out,
+            fourier,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &UnetConfig {
+        &self.cfg
+    }
+
+    fn embedding<B: NetBackend>(&self, b: &B, time_input: &[f64]) -> Result<B::Tensor> {
+        let nf = self.cfg.base_channels;
+        let host = match self.cfg.embedding {
+            Embedding::Positional => embed::sinusoidal(time_input, nf, 10_000.0),
+            Embedding::Fourier => embed::gaussian_fourier(time_input, &self.fourier),
+        };
+        Ok(b.tensor(host, &Shape::new([time_input.len(), nf])?)?)
+    }
+
+    /// Forward pass on `x [N, C, H, W]` with the per-sample network time input
+    /// (see [`UnetScore`]); `dropout_key` enables dropout (training).
+    pub fn forward<B: NetBackend>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        time_input: &[f64],
+        dropout_key: Option<NoiseKey>,
+    ) -> Result<(B::Tensor, UnetCache<B::Tensor>)> {
+        let shape = b.shape(x).clone();
+        self.cfg.check_input(&shape)?;
+        if time_input.len() != shape.batch() {
+            return Err(NetError::Shape {
+                op: "unet",
+                reason: format!(
+                    "{} time inputs for a batch of {}",
+                    time_input.len(),
+                    shape.batch()
+                ),
+            });
+        }
+        let emb = self.embedding(b, time_input)?;
+        let t0 = self.temb0.forward(b, p, &emb)?;
+        let st0 = b.silu(&t0)?;
+        let temb = self.temb1.forward(b, p, &st0)?;
+        // Each block gets its own dropout stream.
+        let mut block = 0u64;
+        let mut next_key = || {
+            block += 1;
+            dropout_key
+                .map(|k| NoiseKey::new(k.seed, k.stream.wrapping_mul(1024).wrapping_add(block)))
+        };
+        let mut h = self.conv_in.forward(b, p, x)?;
+        let mut hs = vec![h.clone()];
+        let mut down = Vec::with_capacity(self.down.len());
+        for item in &self.down {
+            match item {
+                DownItem::Res(rb, attn) => {
+                    let (y, rc) = rb.forward(b, p, &h, &temb, next_key())?;
+                    let (y, ac) = match attn {
+                        Some(a) => {
+                            let (y, ac) = a.forward(b, p, &y)?;
+                            (y, Some(Box::new(ac)))
+                        }
+                        None => (y, None),
+                    };
+                    down.push(ItemCache::Res(Box::new(rc), ac, 0, 0));
+                    h = y;
+                }
+                DownItem::Down(conv) => {
+                    let y = match conv {
+                        Some(c) => c.forward(b, p, &h)?,
+                        None => b.avg_pool2x(&h)?,
+                    };
+                    down.push(ItemCache::Resample(h));
+                    h = y;
+                }
+            }
+            hs.push(h.clone());
+        }
+        let n_skips = hs.len();
+        let (y, m0) = self.mid.0.forward(b, p, &h, &temb, next_key())?;
+        let (y, ma) = self.mid.1.forward(b, p, &y)?;
+        let (y, m1) = self.mid.2.forward(b, p, &y, &temb, next_key())?;
+        h = y;
+        let mut up = Vec::with_capacity(self.up.len());
+        for item in &self.up {
+            match item {
+                UpItem::Res(rb, attn) => {
+                    let idx = hs.len() - 1;
+                    let skip = hs.pop().ok_or_else(|| NetError::Shape {
+                        op: "unet",
+                        reason: "internal: skip stack exhausted".into(),
+                    })?;
+                    let skip_c = b.shape(&skip).dims()[1];
+                    let cat = b.concat_channels(&h, &skip)?;
+                    let (y, rc) = rb.forward(b, p, &cat, &temb, next_key())?;
+                    let (y, ac) = match attn {
+                        Some(a) => {
+                            let (y, ac) = a.forward(b, p, &y)?;
+                            (y, Some(Box::new(ac)))
+                        }
+                        None => (y, None),
+                    };
+                    up.push(ItemCache::Res(Box::new(rc), ac, idx, skip_c));
+                    h = y;
+                }
+                UpItem::Up(conv) => {
+                    let u = b.upsample_nearest2x(&h)?;
+                    let y = match conv {
+                        Some(c) => c.forward(b, p, &u)?,
+                        None => u.clone(),
+                    };
+                    up.push(ItemCache::Resample(u));
+                    h = y;
+                }
+            }
+        }
+        let out_a = self.gn_out.forward(b, p, &h)?;
+        let out_s = b.silu(&out_a)?;
+        let out = self.conv_out.forward(b, p, &out_s)?;
+        Ok((
+            out,
+            UnetCache {
+                emb,
+                t0,
+                st0,
+                temb,
+                x: x.clone(),
+                down,
+                mid: Box::new((m0, ma, m1)),
+                up,
+                n_skips,
+                out_in: h,
+                out_a,
+                out_s,
+            },
+        ))
+    }
+
+    /// Backward pass: accumulates parameter gradients into `g` and returns
+    /// the gradient with respect to the input image.
+    pub fn backward<B: NetBackend>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        c: &UnetCache<B::Tensor>,
+        dy: &B::Tensor,
+        g: &mut B::Tensor,
+    ) -> Result<B::Tensor> {
+        let missing = || NetError::Shape {
+            op: "unet backward",
+            reason: "backend returned no input gradient".into(),
+        };
+        let ds = self
+            .conv_out
+            .backward(b, p, &c.out_s, dy, g, true)?
+            .ok_or_else(missing)?;
+        let da = b.silu_backward(&c.out_a, &ds)?;
+        let mut dh = self.gn_out.backward(b, p, &c.out_in, &da, g)?;
+        let mut dtemb = b.zeros(b.shape(&c.temb))?;
+        let mut dskips: Vec<Option<B::Tensor>> = vec![None; c.n_skips];
+        for (item, cache) in self.up.iter().zip(&c.up).rev() {
+            match (item, cache) {
+                (UpItem::Res(rb, attn), ItemCache::Res(rc, ac, idx, skip_c)) => {
+                    if let (Some(a), Some(ac)) = (attn, ac) {
+                        dh = a.backward(b, p, ac, &dh, g)?;
+                    }
+                    let (dcat, dt) = rb.backward(b, p, rc, &c.temb, &dh, g)?;
+                    dtemb = b.add(&dtemb, &dt)?;
+                    let ch = b.shape(&dcat).dims()[1] - skip_c;
+                    let (dprev, dskip) = b.split_channels(&dcat, ch)?;
+                    dskips[*idx] = Some(dskip);
+                    dh = dprev;
+                }
+                (UpItem::Up(conv), ItemCache::Resample(u)) => {
+                    let du = match conv {
+                        Some(cv) => cv.backward(b, p, u, &dh, g, true)?.ok_or_else(missing)?,
+                        None => dh,
+                    };
+                    dh = b.upsample_nearest2x_backward(&du)?;
+                }
+                _ => return Err(mismatch()),
+            }
+        }
+        let (m0, ma, m1) = &*c.mid;
+        let (d, dt) = self.mid.2.backward(b, p, m1, &c.temb, &dh, g)?;
+        dtemb = b.add(&dtemb, &dt)?;
+        let d = self.mid.1.backward(b, p, ma, &d, g)?;
+        let (d, dt) = self.mid.0.backward(b, p, m0, &c.temb, &d, g)?;
+        dtemb = b.add(&dtemb, &dt)?;
+        dh = d;
+        // Down path: the output of item j is skip j + 1.
+        for (j, (item, cache)) in self.down.iter().zip(&c.down).enumerate().rev() {
+            if let Some(ds) = dskips[j + 1].take() {
+                dh = b.add(&dh, &ds)?;
+            }
+            match (item, cache) {
+                (DownItem::Res(rb, attn), ItemCache::Res(rc, ac, _, _)) => {
+                    if let (Some(a), Some(ac)) = (attn, ac) {
+                        dh = a.backward(b, p, ac, &dh, g)?;
+                    }
+                    let (dx, dt) = rb.backward(b, p, rc, &c.temb, &dh, g)?;
+                    dtemb = b.add(&dtemb, &dt)?;
+                    dh = dx;
+                }
+                (DownItem::Down(conv), ItemCache::Resample(x_in)) => {
+                    dh = match conv {
+                        Some(cv) => cv.backward(b, p, x_in, &dh, g, true)?.ok_or_else(missing)?,
+                        None => b.avg_pool2x_backward(&dh)?,
+                    };
+                }
+                _ => return Err(mismatch()),
+            }
+        }
+        if let Some(ds) = dskips[0].take() {
+            dh = b.add(&dh, &ds)?;
+        }
+        let dx = self
+            .conv_in
+            .backward(b, p, &c.x, &dh, g, true)?
+            .ok_or_else(missing)?;
+        // Time-embedding MLP (parameter gradients only).
+        let dst0 = self.temb1.backward(b, p, &c.st0, &dtemb, g)?;
+        let dt0 = b.silu_backward(&c.t0, &dst0)?;
+        let _ = self.temb0.backward(b, p, &c.emb, &dt0, g)?;
+        Ok(dx)
+    }
+}
+
+fn mismatch() -> NetError {
+    NetError::Shape {
+        op: "unet backward",
+        reason: "cache does not match the network".into(),
+    }
+}
+
+/// The UNet as a score model for an SDE (SPEC.md section 4): VP / sub-VP nets
+/// see `999 t` and predict noise (`score = -out / s(t)`); VE nets see `sigma(t)`
+/// (positional) or `ln sigma(t)` (Fourier) and are scaled (`score = out / sigma(t)`).
+#[derive(Clone, Debug)]
+pub struct UnetScore<B: Backend, S> {
+    /// The network structure.
+    pub net: Unet,
+    /// Its parameters.
+    pub store: ParamStore<B>,
+    /// The SDE the network is trained for.
+    pub sde: S,
+}
+
+impl<B: NetBackend, S: Sde> UnetScore<B, S> {
+    /// A freshly initialised network for `image_size x image_size` images.
+    pub fn new(b: &B, cfg: &UnetConfig, image_size: usize, sde: S, seed: u64) -> Result<Self> {
+        let mut pb = ParamBuilder::new();
+        let net = Unet::new(cfg, image_size, &mut pb, seed)?;
+        let store = pb.build(b, seed)?;
+        Ok(UnetScore { net, store, sde })
+    }
+
+    /// The network's time input for each `t`.
+    pub fn time_input(&self, t: &[f64]) -> Vec<f64> {
+        t.iter()
+            .map(|&t| match (self.sde.kind(), self.net.cfg.embedding) {
+                (SdeKind::Ve, Embedding::Positional) => self.sde.marginal(t).std,
+                (SdeKind::Ve, Embedding::Fourier) => self.sde.marginal(t).std.ln(),
+                _ => 999.0 * t,
+            })
+            .collect()
+    }
+
+    /// Per-sample factor `c` with `score = c * out`.
+    pub fn output_scale(&self, t: &[f64]) -> Vec<f32> {
+        t.iter()
+            .map(|&t| {
+                let s = self.sde.marginal(t).std;
+                (match self.sde.kind() {
+                    SdeKind::Ve => 1.0 / s,
+                    _ => -1.0 / s,
+                }) as f32
+            })
+            .collect()
+    }
+
+    /// Forward pass returning the score and the cache for [`UnetScore::backward_score`].
+    pub fn score_with_cache(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        t: &[f64],
+        dropout_key: Option<NoiseKey>,
+    ) -> Result<(B::Tensor, UnetCache<B::Tensor>)> {
+        self.sde.check_times_batch(t, b.shape(x).batch())?;
+        let (out, cache) =
+            self.net
+                .forward(b, self.store.params(), x, &self.time_input(t), dropout_key)?;
+        let c = self.output_scale(t);
+        Ok((b.scale(&out, Coef::PerSample(&c))?, cache))
+    }
+
+    /// Backward from `dscore` (the gradient of a loss with respect to the
+    /// score): accumulates parameter gradients into `grads` and returns the
+    /// input gradient.
+    pub fn backward_score(
+        &self,
+        b: &B,
+        cache: &UnetCache<B::Tensor>,
+        t: &[f64],
+        dscore: &B::Tensor,
+        grads: &mut B::Tensor,
+    ) -> Result<B::Tensor> {
+        let c = self.output_scale(t);
+        let dout = b.scale(dscore, Coef::PerSample(&c))?;
+        self.net
+            .backward(b, self.store.params(), cache, &dout, grads)
+    }
+}
+
+/// Validates per-sample times for a batch (helper shared by the score model).
+trait CheckTimes {
+    fn check_times_batch(&self, t: &[f64], batch: usize) -> Result<()>;
+}
+
+impl<S: Sde> CheckTimes for S {
+    fn check_times_batch(&self, t: &[f64], batch: usize) -> Result<()> {
+        use sde_core::SdeExt;
+        Ok(self.check_times(t, batch)?)
+    }
+}
+
+impl<B: NetBackend, S: Sde> ScoreModel<B> for UnetScore<B, S> {
+    fn score(&self, b: &B, x: &B::Tensor, t: &[f64]) -> sde_core::Result<B::Tensor> {
+        Ok(self.score_with_cache(b, x, t, None)?.0)
+    }
+
+    fn score_and_vjp(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        t: &[f64],
+        v: &B::Tensor,
+    ) -> sde_core::Result<(B::Tensor, B::Tensor)> {
+        let (score, cache) = self.score_with_cache(b, x, t, None)?;
+        let mut scratch = b.zeros(b.shape(self.store.grads()))?;
+        let vjp = self.backward_score(b, &cache, t, v, &mut scratch)?;
+        Ok((score, vjp))
+    }
+}
