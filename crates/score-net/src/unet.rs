@@ -145,27 +145,108 @@ impl UnetConfig {
     }
 }
 
+/// A residual block, optionally followed by self-attention: the unit both
+/// UNet paths are made of.
+#[derive(Clone, Debug)]
+struct ResAttn {
+    res: ResBlock,
+    attn: Option<AttnBlock>,
+}
+
+/// Cache of a [`ResAttn`] forward pass.
+#[derive(Clone, Debug)]
+struct ResAttnCache<T> {
+    res: ResBlockCache<T>,
+    attn: Option<AttnCache<T>>,
+}
+
+impl ResAttn {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        pb: &mut ParamBuilder,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        with_attn: bool,
+        temb_dim: usize,
+        dropout: f32,
+        skip_rescale: bool,
+    ) -> Result<Self> {
+        let res = ResBlock::new(pb, name, cin, cout, temb_dim, dropout, skip_rescale)?;
+        let attn = if with_attn {
+            Some(AttnBlock::new(
+                pb,
+                &format!("{name}.attn"),
+                cout,
+                skip_rescale,
+            )?)
+        } else {
+            None
+        };
+        Ok(ResAttn { res, attn })
+    }
+
+    fn forward<B: NetBackend>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        temb: &B::Tensor,
+        key: Option<NoiseKey>,
+    ) -> Result<(B::Tensor, ResAttnCache<B::Tensor>)> {
+        let (y, res) = self.res.forward(b, p, x, temb, key)?;
+        match &self.attn {
+            Some(a) => {
+                let (y, ac) = a.forward(b, p, &y)?;
+                Ok((
+                    y,
+                    ResAttnCache {
+                        res,
+                        attn: Some(ac),
+                    },
+                ))
+            }
+            None => Ok((y, ResAttnCache { res, attn: None })),
+        }
+    }
+
+    /// Returns `(dx, dtemb)`.
+    fn backward<B: NetBackend>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        c: &ResAttnCache<B::Tensor>,
+        temb: &B::Tensor,
+        dy: &B::Tensor,
+        g: &mut B::Tensor,
+    ) -> Result<(B::Tensor, B::Tensor)> {
+        match (&self.attn, &c.attn) {
+            (Some(a), Some(ac)) => {
+                let d = a.backward(b, p, ac, dy, g)?;
+                self.res.backward(b, p, &c.res, temb, &d, g)
+            }
+            (None, None) => self.res.backward(b, p, &c.res, temb, dy, g),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum DownItem {
-    Res(Box<ResBlock>, Option<Box<AttnBlock>>),
+    Res(Box<ResAttn>),
     Down(Option<Conv>),
 }
 
 #[derive(Clone, Debug)]
 enum UpItem {
-    Res(Box<ResBlock>, Option<Box<AttnBlock>>),
+    Res(Box<ResAttn>),
     Up(Option<Conv>),
 }
 
 #[derive(Clone, Debug)]
 enum ItemCache<T> {
-    /// Block cache, attention cache, skip index, skip channels.
-    Res(
-        Box<ResBlockCache<T>>,
-        Option<Box<AttnCache<T>>>,
-        usize,
-        usize,
-    ),
+    /// Block cache, skip index, skip channels (the last two on the up path only).
+    Res(Box<ResAttnCache<T>>, usize, usize),
     Resample(T),
 }
 
@@ -227,18 +308,8 @@ impl Unet {
             let cout = nf * mult;
             for r in 0..cfg.num_res_blocks {
                 let name = format!("down.{lvl}.{r}");
-                let block = ResBlock::new(pb, &name, c, cout, temb_dim, drop, sr)?;
-                let attn = if attn_at(res) {
-                    Some(Box::new(AttnBlock::new(
-                        pb,
-                        &format!("{name}.attn"),
-                        cout,
-                        sr,
-                    )?))
-                } else {
-                    None
-                };
-                down.push(DownItem::Res(Box::new(block), attn));
+                let unit = ResAttn::new(pb, &name, c, cout, attn_at(res), temb_dim, drop, sr)?;
+                down.push(DownItem::Res(Box::new(unit)));
                 c = cout;
                 chans.push(c);
             }
@@ -275,18 +346,17 @@ impl Unet {
                     reason: "internal: skip stack exhausted".into(),
                 })?;
                 let name = format!("up.{lvl}.{r}");
-                let block = ResBlock::new(pb, &name, c + skip_c, cout, temb_dim, drop, sr)?;
-                let attn = if attn_at(res) {
-                    Some(Box::new(AttnBlock::new(
-                        pb,
-                        &format!("{name}.attn"),
-                        cout,
-                        sr,
-                    )?))
-                } else {
-                    None
-                };
-                up.push(UpItem::Res(Box::new(block), attn));
+                let unit = ResAttn::new(
+                    pb,
+                    &name,
+                    c + skip_c,
+                    cout,
+                    attn_at(res),
+                    temb_dim,
+                    drop,
+                    sr,
+                )?;
+                up.push(UpItem::Res(Box::new(unit)));
                 c = cout;
             }
             if lvl > 0 {
@@ -378,16 +448,9 @@ impl Unet {
         let mut down = Vec::with_capacity(self.down.len());
         for item in &self.down {
             match item {
-                DownItem::Res(rb, attn) => {
-                    let (y, rc) = rb.forward(b, p, &h, &temb, next_key())?;
-                    let (y, ac) = match attn {
-                        Some(a) => {
-                            let (y, ac) = a.forward(b, p, &y)?;
-                            (y, Some(Box::new(ac)))
-                        }
-                        None => (y, None),
-                    };
-                    down.push(ItemCache::Res(Box::new(rc), ac, 0, 0));
+                DownItem::Res(unit) => {
+                    let (y, uc) = unit.forward(b, p, &h, &temb, next_key())?;
+                    down.push(ItemCache::Res(Box::new(uc), 0, 0));
                     h = y;
                 }
                 DownItem::Down(conv) => {
@@ -409,7 +472,7 @@ impl Unet {
         let mut up = Vec::with_capacity(self.up.len());
         for item in &self.up {
             match item {
-                UpItem::Res(rb, attn) => {
+                UpItem::Res(unit) => {
                     let idx = hs.len() - 1;
                     let skip = hs.pop().ok_or_else(|| NetError::Shape {
                         op: "unet",
@@ -417,15 +480,8 @@ impl Unet {
                     })?;
                     let skip_c = b.shape(&skip).dims()[1];
                     let cat = b.concat_channels(&h, &skip)?;
-                    let (y, rc) = rb.forward(b, p, &cat, &temb, next_key())?;
-                    let (y, ac) = match attn {
-                        Some(a) => {
-                            let (y, ac) = a.forward(b, p, &y)?;
-                            (y, Some(Box::new(ac)))
-                        }
-                        None => (y, None),
-                    };
-                    up.push(ItemCache::Res(Box::new(rc), ac, idx, skip_c));
+                    let (y, uc) = unit.forward(b, p, &cat, &temb, next_key())?;
+                    up.push(ItemCache::Res(Box::new(uc), idx, skip_c));
                     h = y;
                 }
                 UpItem::Up(conv) => {
@@ -485,11 +541,8 @@ impl Unet {
         let mut dskips: Vec<Option<B::Tensor>> = vec![None; c.n_skips];
         for (item, cache) in self.up.iter().zip(&c.up).rev() {
             match (item, cache) {
-                (UpItem::Res(rb, attn), ItemCache::Res(rc, ac, idx, skip_c)) => {
-                    if let (Some(a), Some(ac)) = (attn, ac) {
-                        dh = a.backward(b, p, ac, &dh, g)?;
-                    }
-                    let (dcat, dt) = rb.backward(b, p, rc, &c.temb, &dh, g)?;
+                (UpItem::Res(unit), ItemCache::Res(uc, idx, skip_c)) => {
+                    let (dcat, dt) = unit.backward(b, p, uc, &c.temb, &dh, g)?;
                     dtemb = b.add(&dtemb, &dt)?;
                     let ch = b.shape(&dcat).dims()[1] - skip_c;
                     let (dprev, dskip) = b.split_channels(&dcat, ch)?;
@@ -519,11 +572,8 @@ impl Unet {
                 dh = b.add(&dh, &ds)?;
             }
             match (item, cache) {
-                (DownItem::Res(rb, attn), ItemCache::Res(rc, ac, _, _)) => {
-                    if let (Some(a), Some(ac)) = (attn, ac) {
-                        dh = a.backward(b, p, ac, &dh, g)?;
-                    }
-                    let (dx, dt) = rb.backward(b, p, rc, &c.temb, &dh, g)?;
+                (DownItem::Res(unit), ItemCache::Res(uc, _, _)) => {
+                    let (dx, dt) = unit.backward(b, p, uc, &c.temb, &dh, g)?;
                     dtemb = b.add(&dtemb, &dt)?;
                     dh = dx;
                 }
