@@ -22,6 +22,23 @@ pub enum NetError {
         /// What is wrong.
         reason: String,
     },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint is corrupt, truncated, or does not match the model.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An invalid configuration value.
     #[error("invalid configuration {field} = {value}: {reason}")]
     Config {

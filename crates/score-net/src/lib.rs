@@ -11,9 +11,12 @@
 //! - [`layers`] and [`unet`]: the DDPM++-family UNet with explicit backward,
 //!   and [`UnetScore`], which implements `sde_core::ScoreModel`.
 //!
-//! Still to come (see the issue tracker): checkpoints, and the wgpu backend
-//! with the WGSL kernels of `shaders/`.
+//! - [`checkpoint`]: `safetensors` checkpoints with the configuration embedded.
+//!
+//! Still to come (see the issue tracker): the wgpu backend with the WGSL
+//! kernels of `shaders/`.
 
+pub mod checkpoint;
 pub mod cpu;
 pub mod embed;
 pub mod error;

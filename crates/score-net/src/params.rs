@@ -93,6 +93,11 @@ impl ParamBuilder {
         Ok(view)
     }
 
+    /// Names and views declared so far, in order.
+    pub fn views(&self) -> impl Iterator<Item = (&str, &View)> {
+        self.specs.iter().map(|(n, v, _)| (n.as_str(), v))
+    }
+
     /// Total number of scalars declared so far.
     pub fn num_params(&self) -> usize {
         self.total

@@ -281,6 +281,8 @@ pub struct Unet {
     gn_out: GroupNorm,
     conv_out: Conv,
     fourier: Vec<f32>,
+    image_size: usize,
+    seed: u64,
 }
 
 impl Unet {
@@ -393,7 +395,19 @@ impl Unet {
             gn_out,
             conv_out,
             fourier,
+            image_size,
+            seed,
         })
+    }
+
+    /// The image height the network was built for (it decides where attention goes).
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    /// The seed of the fixed Fourier frequencies (and of the initialisation).
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// The configuration.
@@ -716,5 +730,76 @@ impl<B: NetBackend, S: Sde> ScoreModel<B> for UnetScore<B, S> {
         let mut scratch = b.zeros(b.shape(self.store.grads()))?;
         let vjp = self.backward_score(b, &cache, t, v, &mut scratch)?;
         Ok((score, vjp))
+    }
+}
+
+impl<B: NetBackend, S: Sde> UnetScore<B, S> {
+    /// Writes the parameters (and the configuration) to a `safetensors` checkpoint.
+    pub fn save(
+        &self,
+        b: &B,
+        path: &std::path::Path,
+        dtype: crate::checkpoint::StorageDtype,
+        extra: &std::collections::HashMap<String, String>,
+    ) -> Result<()> {
+        let params = b.to_vec(self.store.params())?;
+        let layout: Vec<(String, crate::View)> = self
+            .store
+            .views()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect();
+        crate::checkpoint::save(
+            path,
+            &self.net,
+            &layout,
+            &[("params", &params)],
+            dtype,
+            extra,
+        )
+    }
+
+    /// A model rebuilt from a checkpoint's configuration and parameters.
+    pub fn from_checkpoint(b: &B, ck: &crate::checkpoint::Checkpoint, sde: S) -> Result<Self> {
+        let mut pb = ParamBuilder::new();
+        let net = Unet::new(&ck.config, ck.image_size, &mut pb, ck.seed)?;
+        let mut store = pb.build(b, ck.seed)?;
+        let params = ck.buffer("params").ok_or_else(|| NetError::Checkpoint {
+            path: String::new(),
+            reason: "no \"params\" buffer".into(),
+        })?;
+        let shape = b.shape(store.params()).clone();
+        store.set_params(b, b.tensor(params.to_vec(), &shape)?)?;
+        Ok(UnetScore { net, store, sde })
+    }
+
+    /// Loads parameters from `path` into this model; the file's network
+    /// configuration, image size and seed must equal this model's.
+    pub fn load_params(&mut self, b: &B, path: &std::path::Path) -> Result<()> {
+        let ck = crate::checkpoint::load(path)?;
+        let mismatch = |what: String| NetError::Checkpoint {
+            path: path.display().to_string(),
+            reason: what,
+        };
+        if &ck.config != self.net.config() {
+            return Err(mismatch(format!(
+                "network configuration differs: file {:?}, model {:?}",
+                ck.config,
+                self.net.config()
+            )));
+        }
+        if ck.image_size != self.net.image_size() || ck.seed != self.net.seed() {
+            return Err(mismatch(format!(
+                "file is for image size {} / seed {}, model for {} / {}",
+                ck.image_size,
+                ck.seed,
+                self.net.image_size(),
+                self.net.seed()
+            )));
+        }
+        let params = ck
+            .buffer("params")
+            .ok_or_else(|| mismatch("no \"params\" buffer".into()))?;
+        let shape = b.shape(self.store.params()).clone();
+        self.store.set_params(b, b.tensor(params.to_vec(), &shape)?)
     }
 }

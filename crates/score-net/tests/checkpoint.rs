@@ -1,0 +1,218 @@
+//! Checkpoints: bit-exact round trips, f16 storage, companion buffers, and
+//! typed errors for missing, truncated, corrupt and mismatched files.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use score_net::checkpoint::{self, StorageDtype};
+use score_net::{NetError, ParamBuilder, Unet, UnetConfig, UnetScore};
+use sde_core::{Backend, CpuBackend, ScoreModel, VpSde};
+
+fn cfg() -> UnetConfig {
+    UnetConfig {
+        base_channels: 8,
+        channel_mult: vec![1, 2],
+        num_res_blocks: 1,
+        attn_resolutions: vec![4],
+        ..UnetConfig::default()
+    }
+}
+
+fn model() -> UnetScore<CpuBackend, VpSde> {
+    let b = CpuBackend;
+    let mut m = UnetScore::new(&b, &cfg(), 8, VpSde::new(0.1, 20.0, 1000).unwrap(), 5).unwrap();
+    let n = m.store.params().data().len();
+    m.store.set_params(&b, common::randn(&[n], 3, 0.5)).unwrap();
+    m
+}
+
+/// A path in a directory of this test's own (tests run in parallel).
+fn tmp(name: &str) -> std::path::PathBuf {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("main")
+        .replace("::", "-");
+    let dir = std::env::temp_dir().join(format!("score-net-ckpt-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn f32_round_trip_is_bit_exact_and_keeps_metadata() {
+    let b = CpuBackend;
+    let m = model();
+    let path = tmp("rt.safetensors");
+    let extra = HashMap::from([("step".to_string(), "1234".to_string())]);
+    m.save(&b, &path, StorageDtype::F32, &extra).unwrap();
+    assert!(
+        !path.with_extension("safetensors.tmp").exists(),
+        "temporary file left behind"
+    );
+    let ck = checkpoint::load(&path).unwrap();
+    assert_eq!(ck.config, cfg());
+    assert_eq!(
+        (ck.image_size, ck.seed, ck.dtype),
+        (8, 5, StorageDtype::F32)
+    );
+    assert_eq!(ck.extra.get("step").map(String::as_str), Some("1234"));
+    assert_eq!(
+        ck.buffer("params").unwrap(),
+        m.store.params().data(),
+        "not bit-exact"
+    );
+    let back = UnetScore::from_checkpoint(&b, &ck, VpSde::new(0.1, 20.0, 1000).unwrap()).unwrap();
+    let x = common::randn(&[2, 1, 8, 8], 9, 1.0);
+    let t = [0.3, 0.7];
+    assert_eq!(
+        m.score(&b, &x, &t).unwrap().data(),
+        back.score(&b, &x, &t).unwrap().data()
+    );
+    let mut fresh = UnetScore::new(&b, &cfg(), 8, VpSde::new(0.1, 20.0, 1000).unwrap(), 5).unwrap();
+    fresh.load_params(&b, &path).unwrap();
+    assert_eq!(fresh.store.params().data(), m.store.params().data());
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn f16_storage_and_companion_buffers() {
+    let b = CpuBackend;
+    let m = model();
+    let p = m.store.params().data().to_vec();
+    let ema: Vec<f32> = p.iter().map(|v| v * 0.5).collect();
+    let layout: Vec<(String, score_net::View)> = m
+        .store
+        .views()
+        .map(|(n, v)| (n.to_string(), v.clone()))
+        .collect();
+    let (p32, p16) = (tmp("full.safetensors"), tmp("half.safetensors"));
+    let bufs: [(&str, &[f32]); 2] = [("params", &p), ("ema", &ema)];
+    checkpoint::save(
+        &p32,
+        &m.net,
+        &layout,
+        &bufs,
+        StorageDtype::F32,
+        &HashMap::new(),
+    )
+    .unwrap();
+    checkpoint::save(
+        &p16,
+        &m.net,
+        &layout,
+        &bufs,
+        StorageDtype::F16,
+        &HashMap::new(),
+    )
+    .unwrap();
+    let full = checkpoint::load(&p32).unwrap();
+    assert_eq!(full.buffer("ema").unwrap(), ema.as_slice());
+    let half = checkpoint::load(&p16).unwrap();
+    assert_eq!(half.dtype, StorageDtype::F16);
+    for (a, b) in half.buffer("params").unwrap().iter().zip(&p) {
+        assert!((a - b).abs() <= 1e-3 * b.abs().max(6e-5), "{a} vs {b}");
+    }
+    let (s32, s16) = (
+        std::fs::metadata(&p32).unwrap().len(),
+        std::fs::metadata(&p16).unwrap().len(),
+    );
+    assert!(s16 * 10 < s32 * 6, "f16 file {s16} bytes vs f32 {s32}");
+    let _ = b.name();
+    let _ = std::fs::remove_dir_all(p32.parent().unwrap());
+}
+
+#[test]
+fn bad_files_are_typed_errors() {
+    let b = CpuBackend;
+    let m = model();
+    let path = tmp("good.safetensors");
+    m.save(&b, &path, StorageDtype::F32, &HashMap::new())
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    // Missing file.
+    assert!(matches!(
+        checkpoint::load(&tmp("nope.safetensors")),
+        Err(NetError::Io { .. })
+    ));
+    // Truncated at several points, and garbage.
+    for cut in [4, 100, bytes.len() / 2, bytes.len() - 1] {
+        let p = tmp("cut.safetensors");
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        assert!(
+            matches!(checkpoint::load(&p), Err(NetError::Checkpoint { .. })),
+            "cut at {cut}"
+        );
+    }
+    let p = tmp("garbage.safetensors");
+    std::fs::write(&p, b"definitely not a checkpoint").unwrap();
+    assert!(matches!(
+        checkpoint::load(&p),
+        Err(NetError::Checkpoint { .. })
+    ));
+    // A model with another configuration refuses the file, naming the reason.
+    let other_cfg = UnetConfig {
+        base_channels: 12,
+        ..cfg()
+    };
+    let mut other =
+        UnetScore::new(&b, &other_cfg, 8, VpSde::new(0.1, 20.0, 1000).unwrap(), 5).unwrap();
+    match other.load_params(&b, &path) {
+        Err(NetError::Checkpoint { reason, .. }) => {
+            assert!(reason.contains("configuration"), "{reason}")
+        }
+        r => panic!("expected a configuration mismatch, got {r:?}"),
+    }
+    let mut other_size =
+        UnetScore::new(&b, &cfg(), 16, VpSde::new(0.1, 20.0, 1000).unwrap(), 5).unwrap();
+    assert!(matches!(
+        other_size.load_params(&b, &path),
+        Err(NetError::Checkpoint { .. })
+    ));
+    // A file whose tensors do not match its stored configuration (written for
+    // another network but labelled with this one's config).
+    let mut pb = ParamBuilder::new();
+    let small = Unet::new(
+        &UnetConfig {
+            base_channels: 4,
+            ..cfg()
+        },
+        8,
+        &mut pb,
+        5,
+    )
+    .unwrap();
+    let layout: Vec<(String, score_net::View)> = pb
+        .views()
+        .map(|(n, v)| (n.to_string(), v.clone()))
+        .collect();
+    let total: usize = layout.iter().map(|(_, v)| v.numel()).sum();
+    let p = tmp("mismatch.safetensors");
+    checkpoint::save(
+        &p,
+        &small,
+        &layout,
+        &[("params", &vec![0.0; total])],
+        StorageDtype::F32,
+        &HashMap::new(),
+    )
+    .unwrap();
+    // Relabel: patch the header's config to the 8-channel one (same length,
+    // so the byte offsets stay valid).
+    let mut raw = std::fs::read(&p).unwrap();
+    let (from, to) = (br#"\"base_channels\":4"#, br#"\"base_channels\":8"#);
+    let at = raw
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("config in header");
+    raw[at..at + to.len()].copy_from_slice(to);
+    std::fs::write(&p, &raw).unwrap();
+    match checkpoint::load(&p) {
+        Err(NetError::Checkpoint { reason, .. }) => assert!(
+            reason.contains("shape") || reason.contains("missing"),
+            "{reason}"
+        ),
+        r => panic!("expected a shape mismatch, got {r:?}"),
+    }
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
