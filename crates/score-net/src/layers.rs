@@ -10,7 +10,14 @@ use sde_core::{Coef, NoiseKey};
 use crate::params::{Init, ParamBuilder};
 use crate::{Conv2dSpec, NetBackend, Result, View};
 
-const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// The factor applied to a residual sum: `1/sqrt(2)` with skip rescaling, else 1.
+fn residual_scale(skip_rescale: bool) -> f32 {
+    if skip_rescale {
+        std::f32::consts::FRAC_1_SQRT_2
+    } else {
+        1.0
+    }
+}
 
 /// A 2-D convolution with bias.
 #[derive(Clone, Debug)]
@@ -65,7 +72,7 @@ impl Conv {
     }
 
     /// Backward that must return `dx`.
-    fn backward_dx<B: NetBackend>(
+    pub(crate) fn backward_dx<B: NetBackend>(
         &self,
         b: &B,
         p: &B::Tensor,
@@ -270,7 +277,7 @@ impl ResBlock {
             Some(c) => c.forward(b, p, x)?,
             None => x.clone(),
         };
-        let r = if self.skip_rescale { SQRT_HALF } else { 1.0 };
+        let r = residual_scale(self.skip_rescale);
         let out = b.lincomb(&[(Coef::Scalar(r), &skip), (Coef::Scalar(r), &h2)])?;
         Ok((
             out,
@@ -297,7 +304,7 @@ impl ResBlock {
         dy: &B::Tensor,
         g: &mut B::Tensor,
     ) -> Result<(B::Tensor, B::Tensor)> {
-        let r = if self.skip_rescale { SQRT_HALF } else { 1.0 };
+        let r = residual_scale(self.skip_rescale);
         let dy = b.scale(dy, Coef::Scalar(r))?;
         // Residual branch.
         let dd2 = self.conv2.backward_dx(b, p, &c.d2, &dy, g)?;
@@ -378,7 +385,7 @@ impl AttnBlock {
         let a = b.attention(&q, &k, &v)?;
         let o = self.out.forward(b, p, &a)?;
         let o = b.tokens_to_image(&o, h, w)?;
-        let r = if self.skip_rescale { SQRT_HALF } else { 1.0 };
+        let r = residual_scale(self.skip_rescale);
         let y = b.lincomb(&[(Coef::Scalar(r), x), (Coef::Scalar(r), &o)])?;
         Ok((
             y,
@@ -404,7 +411,7 @@ impl AttnBlock {
         dy: &B::Tensor,
         g: &mut B::Tensor,
     ) -> Result<B::Tensor> {
-        let r = if self.skip_rescale { SQRT_HALF } else { 1.0 };
+        let r = residual_scale(self.skip_rescale);
         let dy = b.scale(dy, Coef::Scalar(r))?;
         let do_tok = b.image_to_tokens(&dy)?;
         let da = self.out.backward(b, p, &c.a, &do_tok, g)?;

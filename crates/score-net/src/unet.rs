@@ -541,14 +541,7 @@ impl Unet {
         dy: &B::Tensor,
         g: &mut B::Tensor,
     ) -> Result<B::Tensor> {
-        let missing = || NetError::Shape {
-            op: "unet backward",
-            reason: "backend returned no input gradient".into(),
-        };
-        let ds = self
-            .conv_out
-            .backward(b, p, &c.out_s, dy, g, true)?
-            .ok_or_else(missing)?;
+        let ds = self.conv_out.backward_dx(b, p, &c.out_s, dy, g)?;
         let da = b.silu_backward(&c.out_a, &ds)?;
         let mut dh = self.gn_out.backward(b, p, &c.out_in, &da, g)?;
         let mut dtemb = b.zeros(b.shape(&c.temb))?;
@@ -565,7 +558,7 @@ impl Unet {
                 }
                 (UpItem::Up(conv), ItemCache::Resample(u)) => {
                     let du = match conv {
-                        Some(cv) => cv.backward(b, p, u, &dh, g, true)?.ok_or_else(missing)?,
+                        Some(cv) => cv.backward_dx(b, p, u, &dh, g)?,
                         None => dh,
                     };
                     dh = b.upsample_nearest2x_backward(&du)?;
@@ -593,7 +586,7 @@ impl Unet {
                 }
                 (DownItem::Down(conv), ItemCache::Resample(x_in)) => {
                     dh = match conv {
-                        Some(cv) => cv.backward(b, p, x_in, &dh, g, true)?.ok_or_else(missing)?,
+                        Some(cv) => cv.backward_dx(b, p, x_in, &dh, g)?,
                         None => b.avg_pool2x_backward(&dh)?,
                     };
                 }
@@ -603,10 +596,7 @@ impl Unet {
         if let Some(ds) = dskips[0].take() {
             dh = b.add(&dh, &ds)?;
         }
-        let dx = self
-            .conv_in
-            .backward(b, p, &c.x, &dh, g, true)?
-            .ok_or_else(missing)?;
+        let dx = self.conv_in.backward_dx(b, p, &c.x, &dh, g)?;
         // Time-embedding MLP (parameter gradients only).
         let dst0 = self.temb1.backward(b, p, &c.st0, &dtemb, g)?;
         let dt0 = b.silu_backward(&c.t0, &dst0)?;
@@ -676,7 +666,7 @@ impl<B: NetBackend, S: Sde> UnetScore<B, S> {
         t: &[f64],
         dropout_key: Option<NoiseKey>,
     ) -> Result<(B::Tensor, UnetCache<B::Tensor>)> {
-        self.sde.check_times_batch(t, b.shape(x).batch())?;
+        sde_core::SdeExt::check_times(&self.sde, t, b.shape(x).batch())?;
         let (out, cache) =
             self.net
                 .forward(b, self.store.params(), x, &self.time_input(t), dropout_key)?;
@@ -699,18 +689,6 @@ impl<B: NetBackend, S: Sde> UnetScore<B, S> {
         let dout = b.scale(dscore, Coef::PerSample(&c))?;
         self.net
             .backward(b, self.store.params(), cache, &dout, grads)
-    }
-}
-
-/// Validates per-sample times for a batch (helper shared by the score model).
-trait CheckTimes {
-    fn check_times_batch(&self, t: &[f64], batch: usize) -> Result<()>;
-}
-
-impl<S: Sde> CheckTimes for S {
-    fn check_times_batch(&self, t: &[f64], batch: usize) -> Result<()> {
-        use sde_core::SdeExt;
-        Ok(self.check_times(t, batch)?)
     }
 }
 
