@@ -1,6 +1,21 @@
-//! `train`: training (not yet built; see the issue tracker).
+//! `train`: training score models by denoising score matching.
 //!
-//! It will hold the data sets (digits, Fashion-MNIST, MNIST, emoji, PNG folders),
-//! the denoising score-matching loop (continuous VE/VP/sub-VP and the discrete
-//! SMLD/DDPM losses), Adam with warm-up and clipping, EMA, atomic checkpoints with
-//! exact resume, and classifier training for guidance.
+//! - [`loss`]: continuous DSM (VE, VP, sub-VP; both weightings and
+//!   reductions) and the discrete SMLD and DDPM losses;
+//! - [`optim`]: Adam with warm-up and global-norm clipping, and the EMA of
+//!   the weights;
+//! - [`trainer`]: the loop with logging, periodic atomic checkpoints,
+//!   interruption, non-finite detection and bit-exact resume.
+
+pub mod error;
+pub mod loss;
+pub mod optim;
+pub mod trainer;
+
+pub use error::{Result, TrainError};
+pub use loss::{LossConfig, LossKind};
+pub use optim::{Adam, Ema, OptimConfig};
+pub use trainer::{
+    BatchSource, LogEntry, ModelConfig, RunSummary, StepReport, TrainObserver, TrainState, Trainer,
+    TrainingCheckpoint, TrainingConfig, Weights,
+};

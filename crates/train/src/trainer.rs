@@ -1,0 +1,626 @@
+//! The training loop: batches from a [`BatchSource`], the objective of
+//! [`crate::loss`], Adam with warm-up and clipping, EMA, logging, periodic
+//! atomic checkpoints, interruption and exact resume.
+//!
+//! Exact resume: everything random is drawn from one [`NoiseRng`] (whose
+//! state is two integers) and from per-epoch permutations that are a pure
+//! function of `(seed, epoch)`; a checkpoint stores the parameters, the EMA,
+//! both Adam moments in `f32` (bit-exact), the step, the generator and the
+//! position in the epoch. Resuming from step `k` therefore reproduces the
+//! uninterrupted run bit for bit on the same backend and thread count.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use score_net::checkpoint::{self, StorageDtype};
+use score_net::{NetBackend, UnetConfig, UnetScore};
+use sde_core::{AnySde, NoiseKey, NoiseRng, SdeConfig, Shape};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ensure_config, Result, TrainError};
+use crate::loss::{self, LossConfig, LossValue};
+use crate::optim::{Adam, Ema, OptimConfig};
+
+/// File name of the latest checkpoint inside a run directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// File name of the run's configuration (TOML) inside a run directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// A training set the trainer can draw batches from.
+pub trait BatchSource {
+    /// Number of training images.
+    fn len(&self) -> usize;
+    /// Whether there are no images.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// `[C, H, W]` of every image.
+    fn image_shape(&self) -> [usize; 3];
+    /// The images at `indices` (NCHW, in the model's data range), with any
+    /// random augmentation drawn from `rng`.
+    fn batch(&self, indices: &[usize], rng: &mut NoiseRng) -> Vec<f32>;
+}
+
+/// Loop settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Images per step (reference 128).
+    pub batch_size: usize,
+    /// Total optimiser steps.
+    pub steps: u64,
+    /// Steps between log entries.
+    pub log_every: u64,
+    /// Steps between checkpoints (0: only at the end and on interruption).
+    pub checkpoint_every: u64,
+}
+
+impl Default for TrainingConfig {
+    /// Batch 64, 2000 steps, log every 50, checkpoint every 500.
+    fn default() -> Self {
+        TrainingConfig {
+            batch_size: 64,
+            steps: 2000,
+            log_every: 50,
+            checkpoint_every: 500,
+        }
+    }
+}
+
+/// The model-and-optimisation part of a run's configuration (the data set is
+/// chosen by the caller, who supplies the [`BatchSource`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Seed of the initialisation, the noise, the batch order and dropout.
+    pub seed: u64,
+    /// The forward SDE.
+    pub sde: SdeConfig,
+    /// The score network.
+    pub net: UnetConfig,
+    /// The objective.
+    pub loss: LossConfig,
+    /// The optimiser.
+    pub optim: OptimConfig,
+    /// The loop.
+    pub training: TrainingConfig,
+}
+
+impl ModelConfig {
+    /// Checks the parts against each other.
+    pub fn validate(&self) -> Result<AnySde> {
+        let sde = self.sde.build()?;
+        self.net.validate()?;
+        self.loss.validate(&sde)?;
+        self.optim.validate()?;
+        let t = &self.training;
+        ensure_config(t.batch_size > 0, "training.batch_size", || {
+            "must be > 0".into()
+        })?;
+        ensure_config(t.log_every > 0, "training.log_every", || {
+            "must be > 0".into()
+        })?;
+        Ok(sde)
+    }
+}
+
+/// Where the loop stands; stored in checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps completed.
+    pub step: u64,
+    /// The generator of times, noise, dropout and augmentation.
+    pub rng: NoiseRng,
+    /// The current epoch (its permutation is a function of the seed and this).
+    pub epoch: u64,
+    /// Index of the next image in the epoch's permutation.
+    pub pos: usize,
+}
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// The step just completed (1-based).
+    pub step: u64,
+    /// Batch loss.
+    pub loss: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// A log line: averages over the steps since the previous one.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LogEntry {
+    /// The step of the entry.
+    pub step: u64,
+    /// Mean batch loss over the window.
+    pub loss: f64,
+    /// Mean gradient norm over the window.
+    pub grad_norm: f64,
+    /// Learning rate at `step`.
+    pub lr: f64,
+    /// Training throughput over the window.
+    pub images_per_sec: f64,
+}
+
+/// Receives the loop's events; every method has a do-nothing default.
+pub trait TrainObserver {
+    /// After every step; returning `Break` stops the run after a checkpoint.
+    fn on_step(&mut self, _report: &StepReport) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+    /// Every `log_every` steps.
+    fn on_log(&mut self, _entry: &LogEntry) {}
+    /// After a checkpoint was written.
+    fn on_checkpoint(&mut self, _step: u64, _path: &Path) {}
+}
+
+/// An observer that ignores everything.
+impl TrainObserver for () {}
+
+/// How a [`Trainer::run`] ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// Steps completed in total (including steps before a resume).
+    pub steps: u64,
+    /// Steps completed by this call.
+    pub steps_this_run: u64,
+    /// Whether the observer stopped the run early.
+    pub interrupted: bool,
+    /// Mean loss of the last log window (NaN if no step ran).
+    pub last_loss: f64,
+    /// Wall time of this call in seconds.
+    pub seconds: f64,
+    /// Mean throughput of this call.
+    pub images_per_sec: f64,
+    /// The checkpoint written last, if any.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Model, optimiser state and loop position.
+pub struct Trainer<B: NetBackend> {
+    /// The backend.
+    pub backend: B,
+    /// The score model (current, not averaged, parameters).
+    pub model: UnetScore<B, AnySde>,
+    /// Adam's state.
+    pub adam: Adam,
+    /// The EMA of the parameters.
+    pub ema: Ema,
+    /// The loop position.
+    pub state: TrainState,
+    /// The configuration.
+    pub cfg: ModelConfig,
+    /// Caller's metadata stored in checkpoints (e.g. the data configuration).
+    pub extra: HashMap<String, String>,
+    image_shape: [usize; 3],
+    order: Vec<usize>,
+}
+
+/// The batch-order permutation of `epoch`: a Fisher–Yates shuffle driven by
+/// the Philox stream `epoch` of a seed derived from the run's seed.
+pub fn epoch_permutation(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
+    let u = NoiseKey::new(seed ^ 0x5eed_0fba_7c4e_5000, epoch).uniforms_f64(n);
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = ((u[i] * (i + 1) as f64) as usize).min(i);
+        p.swap(i, j);
+    }
+    p
+}
+
+fn key_of(s: &str) -> String {
+    format!("train.{s}")
+}
+
+impl<B: NetBackend> Trainer<B> {
+    /// A fresh run for images of `image_shape` (`[C, H, W]`, square).
+    pub fn new(backend: B, cfg: ModelConfig, image_shape: [usize; 3]) -> Result<Self> {
+        let sde = cfg.validate()?;
+        check_image_shape(&cfg.net, image_shape)?;
+        let model = UnetScore::new(&backend, &cfg.net, image_shape[1], sde, cfg.seed)?;
+        let params = backend.to_vec(model.store.params())?;
+        let adam = Adam::new(cfg.optim.clone(), params.len())?;
+        let ema = Ema::new(cfg.optim.ema_rate, &params);
+        let state = TrainState {
+            step: 0,
+            // A stream family distinct from the initialisation's.
+            rng: NoiseRng::new(cfg.seed.wrapping_add(0x9e37_79b9_7f4a_7c15)),
+            epoch: 0,
+            pos: 0,
+        };
+        Ok(Trainer {
+            backend,
+            model,
+            adam,
+            ema,
+            state,
+            cfg,
+            extra: HashMap::new(),
+            image_shape,
+            order: Vec::new(),
+        })
+    }
+
+    /// The image shape the model was built for.
+    pub fn image_shape(&self) -> [usize; 3] {
+        self.image_shape
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_params(&self) -> usize {
+        self.model.store.num_params()
+    }
+
+    fn next_indices(&mut self, n: usize) -> Result<Vec<usize>> {
+        let bs = self.cfg.training.batch_size;
+        ensure_config(n >= bs, "training.batch_size", || {
+            format!("{bs} is larger than the training set ({n} images)")
+        })?;
+        if self.state.pos + bs > n {
+            self.state.epoch += 1;
+            self.state.pos = 0;
+            self.order.clear();
+        }
+        if self.order.len() != n {
+            self.order = epoch_permutation(self.cfg.seed, self.state.epoch, n);
+        }
+        let idx = self.order[self.state.pos..self.state.pos + bs].to_vec();
+        self.state.pos += bs;
+        Ok(idx)
+    }
+
+    /// One optimiser step on the next batch of `data`.
+    pub fn step(&mut self, data: &dyn BatchSource) -> Result<StepReport> {
+        ensure_config(data.image_shape() == self.image_shape, "data", || {
+            format!(
+                "images are {:?}, the model was built for {:?}",
+                data.image_shape(),
+                self.image_shape
+            )
+        })?;
+        let idx = self.next_indices(data.len())?;
+        let b = &self.backend;
+        let x0 = data.batch(&idx, &mut self.state.rng);
+        let [c, h, w] = self.image_shape;
+        let shape = Shape::new([idx.len(), c, h, w])?;
+        let x0 = b.tensor(x0, &shape)?;
+        let mut grads = b.zeros(b.shape(self.model.store.grads()))?;
+        let dropout = self.cfg.net.dropout > 0.0;
+        let LossValue { loss, .. } = loss::compute(
+            b,
+            &self.model,
+            &x0,
+            &self.cfg.loss,
+            &mut self.state.rng,
+            dropout,
+            Some(&mut grads),
+        )?;
+        let step = self.state.step + 1;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                what: "loss",
+                loss,
+            });
+        }
+        let g = b.to_vec(&grads)?;
+        if g.iter().any(|v| !v.is_finite()) {
+            return Err(TrainError::NonFinite {
+                step,
+                what: "gradient",
+                loss,
+            });
+        }
+        let mut params = b.to_vec(self.model.store.params())?;
+        let stats = self.adam.update(&mut params, &g)?;
+        self.ema.update(&params)?;
+        let pshape = b.shape(self.model.store.params()).clone();
+        self.model.store.set_params(b, b.tensor(params, &pshape)?)?;
+        self.state.step = step;
+        Ok(StepReport {
+            step,
+            loss,
+            grad_norm: stats.grad_norm,
+            lr: stats.lr,
+        })
+    }
+
+    /// Trains until `cfg.training.steps`, logging, checkpointing into
+    /// `run_dir` (when given) every `checkpoint_every` steps, at the end and
+    /// when the observer stops the run. A non-finite loss or gradient stops
+    /// with [`TrainError::NonFinite`] without writing, so the last checkpoint
+    /// on disk is the last good state.
+    pub fn run(
+        &mut self,
+        data: &dyn BatchSource,
+        run_dir: Option<&Path>,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<RunSummary> {
+        let start = Instant::now();
+        let first = self.state.step;
+        let bs = self.cfg.training.batch_size as f64;
+        let (mut win_loss, mut win_gn, mut win_n) = (0.0, 0.0, 0u64);
+        let mut win_start = Instant::now();
+        let mut last_loss = f64::NAN;
+        let mut checkpoint = None;
+        let mut interrupted = false;
+        if let Some(dir) = run_dir {
+            std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        while self.state.step < self.cfg.training.steps {
+            let r = self.step(data)?;
+            win_loss += r.loss;
+            win_gn += r.grad_norm;
+            win_n += 1;
+            if r.step % self.cfg.training.log_every == 0 || r.step == self.cfg.training.steps {
+                let secs = win_start.elapsed().as_secs_f64().max(1e-9);
+                let entry = LogEntry {
+                    step: r.step,
+                    loss: win_loss / win_n as f64,
+                    grad_norm: win_gn / win_n as f64,
+                    lr: r.lr,
+                    images_per_sec: win_n as f64 * bs / secs,
+                };
+                last_loss = entry.loss;
+                observer.on_log(&entry);
+                (win_loss, win_gn, win_n) = (0.0, 0.0, 0);
+                win_start = Instant::now();
+            }
+            let stop = observer.on_step(&r).is_break();
+            let every = self.cfg.training.checkpoint_every;
+            let due = every > 0 && r.step % every == 0;
+            if let Some(dir) = run_dir {
+                if due || stop || r.step == self.cfg.training.steps {
+                    let path = self.save(dir)?;
+                    observer.on_checkpoint(r.step, &path);
+                    checkpoint = Some(path);
+                }
+            }
+            if stop {
+                interrupted = true;
+                break;
+            }
+        }
+        if win_n > 0 {
+            last_loss = win_loss / win_n as f64;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let steps_this_run = self.state.step - first;
+        Ok(RunSummary {
+            steps: self.state.step,
+            steps_this_run,
+            interrupted,
+            last_loss,
+            seconds,
+            images_per_sec: steps_this_run as f64 * bs / seconds.max(1e-9),
+            checkpoint,
+        })
+    }
+
+    /// Writes `run_dir/checkpoint.safetensors` (parameters, EMA, Adam moments,
+    /// loop state, configuration; atomically) and `run_dir/config.toml`.
+    pub fn save(&self, run_dir: &Path) -> Result<PathBuf> {
+        let b = &self.backend;
+        let params = b.to_vec(self.model.store.params())?;
+        let layout: Vec<(String, score_net::View)> = self
+            .model
+            .store
+            .views()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect();
+        let mut extra = self.extra.clone();
+        let json = |v: &dyn erased::Json| v.to_json();
+        extra.insert(key_of("state"), json(&self.state)?);
+        extra.insert(key_of("config"), json(&self.cfg)?);
+        extra.insert(key_of("adam_step"), self.adam.step.to_string());
+        extra.insert(key_of("ema_updates"), self.ema.updates.to_string());
+        extra.insert(key_of("image_shape"), json(&self.image_shape.to_vec())?);
+        let path = run_dir.join(CHECKPOINT_FILE);
+        checkpoint::save(
+            &path,
+            &self.model.net,
+            &layout,
+            &[
+                ("params", &params),
+                ("ema", &self.ema.shadow),
+                ("adam.m", &self.adam.m),
+                ("adam.v", &self.adam.v),
+            ],
+            StorageDtype::F32,
+            &extra,
+        )?;
+        let toml = toml::to_string_pretty(&self.cfg).map_err(|e| TrainError::Checkpoint {
+            path: path.display().to_string(),
+            reason: format!("cannot write the configuration as TOML: {e}"),
+        })?;
+        checkpoint::write_atomic(&run_dir.join(CONFIG_FILE), toml.as_bytes())?;
+        Ok(path)
+    }
+
+    /// Restores a run from a checkpoint written by [`Trainer::save`] (a file,
+    /// or a run directory holding `checkpoint.safetensors`). `steps`, when
+    /// given, replaces the configured total (to train further).
+    pub fn resume(backend: B, path: &Path, steps: Option<u64>) -> Result<Self> {
+        let ck = TrainingCheckpoint::load(path)?;
+        let mut cfg = ck.config.clone();
+        if let Some(s) = steps {
+            cfg.training.steps = s;
+        }
+        let mut t = Trainer::new(backend, cfg, ck.image_shape)?;
+        let b = &t.backend;
+        let shape = b.shape(t.model.store.params()).clone();
+        let params = ck.buffer("params")?;
+        t.model
+            .store
+            .set_params(b, b.tensor(params.to_vec(), &shape)?)?;
+        t.ema.shadow = ck.buffer("ema")?.to_vec();
+        t.ema.updates = ck.ema_updates;
+        t.adam.m = ck.buffer("adam.m")?.to_vec();
+        t.adam.v = ck.buffer("adam.v")?.to_vec();
+        t.adam.step = ck.adam_step;
+        t.state = ck.state;
+        t.extra = ck
+            .inner
+            .extra
+            .iter()
+            .filter(|(k, _)| !k.starts_with("train."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(t)
+    }
+}
+
+fn check_image_shape(net: &UnetConfig, [c, h, w]: [usize; 3]) -> Result<()> {
+    ensure_config(c == net.in_channels, "net.in_channels", || {
+        format!("is {}, the images have {c} channels", net.in_channels)
+    })?;
+    ensure_config(h == w && h > 0, "data", || {
+        format!("images must be square, got {h}x{w}")
+    })?;
+    let f = 1usize << net.channel_mult.len().saturating_sub(1);
+    ensure_config(h % f == 0, "net.channel_mult", || {
+        format!(
+            "{} levels need the image size to be divisible by {f}; it is {h}",
+            net.channel_mult.len()
+        )
+    })
+}
+
+/// Minimal JSON helper so `save` can serialise heterogeneous values in one place.
+mod erased {
+    use super::{Result, TrainError};
+    pub trait Json {
+        fn to_json(&self) -> Result<String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<String> {
+            serde_json::to_string(self).map_err(|e| TrainError::Checkpoint {
+                path: String::new(),
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Which weights to take from a training checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weights {
+    /// The exponential moving average (what the paper samples with).
+    #[default]
+    Ema,
+    /// The raw parameters of the last step.
+    Params,
+}
+
+/// A training checkpoint read back: the network file plus the loop state.
+#[derive(Clone, Debug)]
+pub struct TrainingCheckpoint {
+    /// The file that was read.
+    pub path: PathBuf,
+    /// The underlying network checkpoint (config, buffers, metadata).
+    pub inner: score_net::checkpoint::Checkpoint,
+    /// The run's configuration.
+    pub config: ModelConfig,
+    /// The loop state.
+    pub state: TrainState,
+    /// Adam's step count.
+    pub adam_step: u64,
+    /// EMA updates applied.
+    pub ema_updates: u64,
+    /// `[C, H, W]` of the training images.
+    pub image_shape: [usize; 3],
+}
+
+impl TrainingCheckpoint {
+    /// Reads a checkpoint file, or `checkpoint.safetensors` inside a directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let path = if path.is_dir() {
+            path.join(CHECKPOINT_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let inner = checkpoint::load(&path)?;
+        let bad = |reason: String| TrainError::Checkpoint {
+            path: path.display().to_string(),
+            reason,
+        };
+        let get = |k: &str| {
+            inner
+                .extra
+                .get(&key_of(k))
+                .ok_or_else(|| bad(format!("no {k:?} entry: not a training checkpoint")))
+        };
+        let parse_json = |k: &str| -> Result<serde_json::Value> {
+            serde_json::from_str(get(k)?).map_err(|e| bad(format!("{k}: {e}")))
+        };
+        let config: ModelConfig = serde_json::from_value(parse_json("config")?)
+            .map_err(|e| bad(format!("config: {e}")))?;
+        let state: TrainState =
+            serde_json::from_value(parse_json("state")?).map_err(|e| bad(format!("state: {e}")))?;
+        let shape: Vec<usize> = serde_json::from_value(parse_json("image_shape")?)
+            .map_err(|e| bad(format!("image_shape: {e}")))?;
+        let image_shape: [usize; 3] = shape
+            .try_into()
+            .map_err(|_| bad("image_shape must have three entries".into()))?;
+        let num = |k: &str| -> Result<u64> {
+            get(k)?
+                .parse()
+                .map_err(|_| bad(format!("{k} is not a number")))
+        };
+        let (adam_step, ema_updates) = (num("adam_step")?, num("ema_updates")?);
+        if config.net != inner.config {
+            return Err(bad(
+                "the run configuration and the stored network disagree".into()
+            ));
+        }
+        Ok(TrainingCheckpoint {
+            path,
+            inner,
+            config,
+            state,
+            adam_step,
+            ema_updates,
+            image_shape,
+        })
+    }
+
+    /// The flat buffer `name` (`params`, `ema`, `adam.m`, `adam.v`).
+    pub fn buffer(&self, name: &str) -> Result<&[f32]> {
+        self.inner
+            .buffer(name)
+            .ok_or_else(|| TrainError::Checkpoint {
+                path: self.path.display().to_string(),
+                reason: format!("no {name:?} buffer"),
+            })
+    }
+
+    /// The score model with the chosen weights, for sampling or likelihoods.
+    pub fn model<B: NetBackend>(&self, b: &B, weights: Weights) -> Result<UnetScore<B, AnySde>> {
+        let sde = self.config.sde.build()?;
+        let mut model = UnetScore::new(
+            b,
+            &self.config.net,
+            self.image_shape[1],
+            sde,
+            self.config.seed,
+        )?;
+        let name = match weights {
+            Weights::Ema => "ema",
+            Weights::Params => "params",
+        };
+        let shape = b.shape(model.store.params()).clone();
+        model
+            .store
+            .set_params(b, b.tensor(self.buffer(name)?.to_vec(), &shape)?)?;
+        Ok(model)
+    }
+}
