@@ -4,3 +4,8 @@
 //! the denoising score-matching loop (continuous VE/VP/sub-VP and the discrete
 //! SMLD/DDPM losses), Adam with warm-up and clipping, EMA, atomic checkpoints with
 //! exact resume, and classifier training for guidance.
+
+pub mod data;
+pub mod images;
+
+pub use data::{DataConfig, DataError, DataSplits, Dataset, DatasetName, ImageSet, Scale, Transform};
