@@ -1,31 +1,175 @@
-//! `scoresde`: the command-line front end. For now it reports its version and
-//! the SDEs it knows; training, sampling and likelihood commands arrive with
-//! the `train` and `solvers` crates.
+//! `scoresde`: the command-line front end of score-sde-rs.
+//!
+//! ```text
+//! scoresde demo                                   # train on digits, sample, bits/dim
+//! scoresde train --config configs/digits-vp.toml --out runs/digits
+//! scoresde sample --ckpt runs/digits --sampler pc -n 64 --out grid.png
+//! scoresde likelihood --ckpt runs/digits --split test
+//! scoresde encode|decode|interpolate --ckpt runs/digits ...
+//! scoresde info
+//! ```
+//! Every command takes `--json` (a JSON summary on stdout), `--seed`,
+//! `--device auto|cpu|wgpu` and `--quiet`. Errors are one line on stderr with
+//! exit code 1 (2 for bad arguments).
 
+mod common;
+mod demo;
+mod gen;
+mod train_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 use sde_core::{Sde, SdeConfig, SdeKind};
+use serde_json::json;
 
-fn main() {
-    let arg = std::env::args().nth(1);
-    match arg.as_deref() {
-        None | Some("info") => {
-            println!("scoresde {}", env!("CARGO_PKG_VERSION"));
-            println!("backends: cpu");
-            for kind in [SdeKind::Ve, SdeKind::Vp, SdeKind::SubVp] {
-                let cfg = SdeConfig::default_for(kind);
-                match cfg.build() {
-                    Ok(sde) => println!(
-                        "sde {kind}: N = {}, prior std = {}",
-                        sde.num_steps(),
-                        sde.prior_std()
-                    ),
-                    Err(e) => println!("sde {kind}: {e}"),
+use common::{Ctx, Device};
+
+/// Score-based generative modelling through SDEs (Song et al. 2021).
+#[derive(Debug, Parser)]
+#[command(name = "scoresde", version, propagate_version = true)]
+struct Cli {
+    /// Print a JSON summary on stdout (progress and notes go to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seed (training: overrides the config's; sampling and likelihood: default 0).
+    #[arg(long, global = true)]
+    seed: Option<u64>,
+    /// Backend.
+    #[arg(long, global = true, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// No progress bars or notes.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Version, backends and devices.
+    Info,
+    /// Train a score model.
+    Train(train_cmd::TrainArgs),
+    /// Draw samples (PC sampler or probability-flow ODE) into a PNG grid.
+    Sample(gen::SampleArgs),
+    /// Bits/dim of a data split under the probability-flow ODE.
+    Likelihood(gen::LikelihoodArgs),
+    /// Map images to latent codes with the probability-flow ODE.
+    Encode(gen::EncodeArgs),
+    /// Map latent codes back to images.
+    Decode(gen::DecodeArgs),
+    /// Interpolate between two images through the latent space.
+    Interpolate(gen::InterpolateArgs),
+    /// Train on `digits`, sample a grid and report test bits/dim.
+    Demo(demo::DemoArgs),
+}
+
+fn info(_ctx: &Ctx) -> serde_json::Value {
+    let sdes: Vec<_> = [SdeKind::Ve, SdeKind::Vp, SdeKind::SubVp]
+        .into_iter()
+        .filter_map(|k| {
+            let sde = SdeConfig::default_for(k).build().ok()?;
+            Some(json!({"kind": k.to_string(), "num_steps": sde.num_steps(), "prior_std": sde.prior_std()}))
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    json!({
+        "command": "info",
+        "version": env!("CARGO_PKG_VERSION"),
+        "backends": [
+            {"name": "cpu", "available": true, "threads": threads},
+            {"name": "wgpu", "available": false, "reason": "not built yet in this version"}
+        ],
+        "default_device": "cpu",
+        "sdes": sdes,
+    })
+}
+
+fn human(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| k.as_str() != "command")
+            .map(|(k, v)| match v {
+                serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+                    format!("{k}: {v}")
+                }
+                serde_json::Value::String(s) => format!("{k}: {s}"),
+                other => format!("{k}: {other}"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One line: clap's first line, without the usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first} (see `scoresde --help`)");
+            return ExitCode::from(2);
+        }
+    };
+    let ctx = Ctx {
+        json: cli.json,
+        quiet: cli.quiet,
+        seed: cli.seed,
+        device: cli.device,
+    };
+    let result = match &cli.cmd {
+        Cmd::Info => Ok(info(&ctx)),
+        Cmd::Train(a) => train_cmd::run(&ctx, a),
+        Cmd::Sample(a) => gen::sample(&ctx, a),
+        Cmd::Likelihood(a) => gen::likelihood(&ctx, a),
+        Cmd::Encode(a) => gen::encode(&ctx, a),
+        Cmd::Decode(a) => gen::decode(&ctx, a),
+        Cmd::Interpolate(a) => gen::interpolate(&ctx, a),
+        Cmd::Demo(a) => demo::run(&ctx, a),
+    };
+    match result {
+        Ok(v) => {
+            if ctx.json {
+                println!("{v}");
+            } else {
+                println!("{}", human(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // The cause chain on one line, skipping causes already quoted
+            // by the message above them (I/O errors repeat their source).
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&c);
                 }
             }
-        }
-        Some("--version" | "-V") => println!("scoresde {}", env!("CARGO_PKG_VERSION")),
-        Some(other) => {
-            eprintln!("error: unknown command `{other}` (available: info)");
-            std::process::exit(2);
+            let msg = msg.replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -9,6 +9,9 @@ pub enum TrainError {
     /// An error from the network crate (shapes, checkpoints, configuration).
     #[error(transparent)]
     Net(#[from] score_net::NetError),
+    /// A data set could not be loaded, or an image file read or written.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// An invalid configuration value.
     #[error("invalid configuration {field}: {reason}")]
     Config {

@@ -72,12 +72,8 @@ impl RawPng {
 /// `tRNS` are expanded to 8-bit grey/RGB with alpha). `path` names it in errors.
 pub(crate) fn decode_png(bytes: &[u8], path: &Path) -> DataResult<RawPng> {
     let corrupt = |e: png::DecodingError| DataError::corrupt(path, format!("PNG: {e}"));
-    let mut decoder = png::Decoder::new_with_limits(
-        Cursor::new(bytes),
-        png::Limits {
-            bytes: 1 << 30,
-        },
-    );
+    let mut decoder =
+        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: 1 << 30 });
     decoder.set_transformations(png::Transformations::EXPAND);
     let mut reader = decoder.read_info().map_err(corrupt)?;
     let size = reader
@@ -141,10 +137,7 @@ pub(crate) fn decode_png(bytes: &[u8], path: &Path) -> DataResult<RawPng> {
 pub fn read_png(path: &Path) -> DataResult<([usize; 3], Vec<f32>)> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let raw = decode_png(&bytes, path)?;
-    Ok((
-        [raw.color_channels(), raw.height, raw.width],
-        raw.planar(),
-    ))
+    Ok(([raw.color_channels(), raw.height, raw.width], raw.planar()))
 }
 
 /// Writes `write` to `path` atomically: into a temporary file next to it,
@@ -235,7 +228,11 @@ pub fn write_png_grid(
             for y in 0..h {
                 for x in 0..w {
                     let v = (f64::from(img[(ch * h + y) * w + x]) - low) * scale;
-                    let v = if v.is_nan() { 0.0 } else { v.round().clamp(0.0, 255.0) };
+                    let v = if v.is_nan() {
+                        0.0
+                    } else {
+                        v.round().clamp(0.0, 255.0)
+                    };
                     pixels[((y0 + y) * gw + x0 + x) * c + ch] = v as u8;
                 }
             }
@@ -305,4 +302,72 @@ pub fn write_npy(path: &Path, data: &[f32], shape: &[usize]) -> DataResult<()> {
         }
         Ok(())
     })
+}
+
+/// Reads a `.npy` file of `<f4` values in C order (what [`write_npy`]
+/// writes; versions 1.0–3.0). Returns the shape and the values.
+pub fn read_npy(path: &Path) -> DataResult<(Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |reason: String| DataError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file (bad magic)".into()));
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(bad(format!("unsupported .npy version {v}"))),
+    };
+    let header = bytes
+        .get(start..start + hlen)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| bad("truncated or non-text header".into()))?;
+    let field = |key: &str| -> Option<&str> {
+        let i = header.find(&format!("'{key}'"))?;
+        let rest = header[i + key.len() + 2..].trim_start();
+        Some(rest.strip_prefix(':')?.trim_start())
+    };
+    let descr = field("descr").ok_or_else(|| bad("no descr".into()))?;
+    if !descr.starts_with("'<f4'") {
+        return Err(bad(format!(
+            "dtype {} is not little-endian float32 ('<f4')",
+            descr.split(',').next().unwrap_or(descr)
+        )));
+    }
+    if !field("fortran_order").is_some_and(|f| f.starts_with("False")) {
+        return Err(bad("only C-order arrays are supported".into()));
+    }
+    let shape_txt = field("shape").ok_or_else(|| bad("no shape".into()))?;
+    let inner = shape_txt
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("malformed shape".into()))?;
+    let shape: Vec<usize> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| bad(format!("bad shape entry {s:?}"))))
+        .collect::<DataResult<_>>()?;
+    let count: usize = shape.iter().product();
+    let body = &bytes[start + hlen..];
+    if body.len() != count * 4 {
+        return Err(bad(format!(
+            "{} data bytes for shape {shape:?} (expected {})",
+            body.len(),
+            count * 4
+        )));
+    }
+    let data = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((shape, data))
 }

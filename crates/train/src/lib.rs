@@ -24,6 +24,6 @@ pub use error::{Result, TrainError};
 pub use loss::{LossConfig, LossKind};
 pub use optim::{Adam, Ema, OptimConfig};
 pub use trainer::{
-    BatchSource, LogEntry, ModelConfig, RunSummary, StepReport, TrainObserver, TrainState, Trainer,
-    TrainingCheckpoint, TrainingConfig, Weights,
+    BatchSource, LogEntry, RunSummary, StepReport, TrainConfig, TrainObserver, TrainSet,
+    TrainState, Trainer, TrainingCheckpoint, TrainingConfig, Weights,
 };

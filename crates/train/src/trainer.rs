@@ -19,6 +19,7 @@ use score_net::{NetBackend, UnetConfig, UnetScore};
 use sde_core::{AnySde, NoiseKey, NoiseRng, SdeConfig, Shape};
 use serde::{Deserialize, Serialize};
 
+use crate::data::{DataConfig, ImageSet, Transform};
 use crate::error::{ensure_config, Result, TrainError};
 use crate::loss::{self, LossConfig, LossValue};
 use crate::optim::{Adam, Ema, OptimConfig};
@@ -41,6 +42,34 @@ pub trait BatchSource {
     /// The images at `indices` (NCHW, in the model's data range), with any
     /// random augmentation drawn from `rng`.
     fn batch(&self, indices: &[usize], rng: &mut NoiseRng) -> Vec<f32>;
+}
+
+/// An [`ImageSet`] with the transform of its training batches.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainSet<'a> {
+    /// The images.
+    pub set: &'a ImageSet,
+    /// Scale, dequantisation and flips.
+    pub transform: Transform,
+}
+
+impl<'a> TrainSet<'a> {
+    /// Wraps `set`.
+    pub fn new(set: &'a ImageSet, transform: Transform) -> Self {
+        TrainSet { set, transform }
+    }
+}
+
+impl BatchSource for TrainSet<'_> {
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+    fn image_shape(&self) -> [usize; 3] {
+        self.set.image_shape()
+    }
+    fn batch(&self, indices: &[usize], rng: &mut NoiseRng) -> Vec<f32> {
+        self.set.batch(indices, &self.transform, rng)
+    }
 }
 
 /// Loop settings.
@@ -69,11 +98,12 @@ impl Default for TrainingConfig {
     }
 }
 
-/// The model-and-optimisation part of a run's configuration (the data set is
-/// chosen by the caller, who supplies the [`BatchSource`]).
+/// A run's whole configuration: what `config.toml` holds. The trainer itself
+/// takes its batches from a [`BatchSource`] (for a data set, a [`TrainSet`]);
+/// `data` is stored so that sampling and likelihood commands know the data.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ModelConfig {
+pub struct TrainConfig {
     /// Seed of the initialisation, the noise, the batch order and dropout.
     pub seed: u64,
     /// The forward SDE.
@@ -86,9 +116,11 @@ pub struct ModelConfig {
     pub optim: OptimConfig,
     /// The loop.
     pub training: TrainingConfig,
+    /// The data set and how batches are presented.
+    pub data: DataConfig,
 }
 
-impl ModelConfig {
+impl TrainConfig {
     /// Checks the parts against each other.
     pub fn validate(&self) -> Result<AnySde> {
         let sde = self.sde.build()?;
@@ -194,7 +226,7 @@ pub struct Trainer<B: NetBackend> {
     /// The loop position.
     pub state: TrainState,
     /// The configuration.
-    pub cfg: ModelConfig,
+    pub cfg: TrainConfig,
     /// Caller's metadata stored in checkpoints (e.g. the data configuration).
     pub extra: HashMap<String, String>,
     image_shape: [usize; 3],
@@ -219,7 +251,7 @@ fn key_of(s: &str) -> String {
 
 impl<B: NetBackend> Trainer<B> {
     /// A fresh run for images of `image_shape` (`[C, H, W]`, square).
-    pub fn new(backend: B, cfg: ModelConfig, image_shape: [usize; 3]) -> Result<Self> {
+    pub fn new(backend: B, cfg: TrainConfig, image_shape: [usize; 3]) -> Result<Self> {
         let sde = cfg.validate()?;
         check_image_shape(&cfg.net, image_shape)?;
         let model = UnetScore::new(&backend, &cfg.net, image_shape[1], sde, cfg.seed)?;
@@ -529,7 +561,7 @@ pub struct TrainingCheckpoint {
     /// The underlying network checkpoint (config, buffers, metadata).
     pub inner: score_net::checkpoint::Checkpoint,
     /// The run's configuration.
-    pub config: ModelConfig,
+    pub config: TrainConfig,
     /// The loop state.
     pub state: TrainState,
     /// Adam's step count.
@@ -562,7 +594,7 @@ impl TrainingCheckpoint {
         let parse_json = |k: &str| -> Result<serde_json::Value> {
             serde_json::from_str(get(k)?).map_err(|e| bad(format!("{k}: {e}")))
         };
-        let config: ModelConfig = serde_json::from_value(parse_json("config")?)
+        let config: TrainConfig = serde_json::from_value(parse_json("config")?)
             .map_err(|e| bad(format!("config: {e}")))?;
         let state: TrainState =
             serde_json::from_value(parse_json("state")?).map_err(|e| bad(format!("state: {e}")))?;

@@ -11,7 +11,7 @@ use std::path::Path;
 use score_net::UnetConfig;
 use sde_core::{Backend, CpuBackend, NoiseRng, SdeConfig, SdeKind};
 use train::{
-    BatchSource, LogEntry, ModelConfig, OptimConfig, StepReport, TrainError, TrainObserver,
+    BatchSource, LogEntry, OptimConfig, StepReport, TrainConfig, TrainError, TrainObserver,
     Trainer, TrainingCheckpoint, TrainingConfig, Weights,
 };
 
@@ -66,8 +66,8 @@ impl BatchSource for Stripes {
     }
 }
 
-fn tiny_config(kind: SdeKind, steps: u64) -> ModelConfig {
-    ModelConfig {
+fn tiny_config(kind: SdeKind, steps: u64) -> TrainConfig {
+    TrainConfig {
         seed: 5,
         sde: SdeConfig::default_for(kind),
         net: UnetConfig {
@@ -89,7 +89,7 @@ fn tiny_config(kind: SdeKind, steps: u64) -> ModelConfig {
             log_every: 5,
             checkpoint_every: 0,
         },
-        ..ModelConfig::default()
+        ..TrainConfig::default()
     }
 }
 
@@ -209,7 +209,7 @@ fn periodic_checkpoints_and_the_final_one_are_written() {
         .collect();
     assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     // The stored config parses back as TOML and equals the run's.
-    let toml_cfg: ModelConfig =
+    let toml_cfg: TrainConfig =
         toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).unwrap()).unwrap();
     assert_eq!(toml_cfg, t.cfg);
     // EMA and raw weights both load; they differ after training.
@@ -270,7 +270,7 @@ fn bad_inputs_are_typed_errors() {
     cfg.loss.kind = train::LossKind::Ddpm;
     assert!(Trainer::new(CpuBackend, cfg, [1, 8, 8]).is_err());
     // Unknown configuration fields are rejected.
-    assert!(toml::from_str::<ModelConfig>("seed = 1\nbogus = 2\n").is_err());
+    assert!(toml::from_str::<TrainConfig>("seed = 1\nbogus = 2\n").is_err());
     // A missing checkpoint and a network-only checkpoint are errors.
     let dir = tempdir("bad");
     assert!(TrainingCheckpoint::load(&dir.join("nope.safetensors")).is_err());

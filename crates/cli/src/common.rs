@@ -1,0 +1,197 @@
+//! Shared plumbing of the commands: backend selection, progress bars,
+//! Ctrl-C handling, a score-model wrapper that ticks progress and honours
+//! interruption, and loading a checkpoint's data set.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sde_core::{Backend, ScoreModel};
+
+/// Which backend runs the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// The best available: a real GPU through wgpu when that backend is
+    /// built, otherwise the CPU.
+    Auto,
+    /// The CPU backend (gemm, all cores).
+    Cpu,
+    /// The wgpu backend.
+    Wgpu,
+}
+
+/// Options every command sees.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    /// Print a JSON summary on stdout instead of the human one.
+    pub json: bool,
+    /// No progress bars.
+    pub quiet: bool,
+    /// The seed given on the command line.
+    pub seed: Option<u64>,
+    /// The device asked for.
+    pub device: Device,
+}
+
+impl Ctx {
+    /// The CPU backend, or a clear error for a device that is not available.
+    pub fn cpu_backend(&self) -> Result<sde_core::CpuBackend> {
+        match self.device {
+            Device::Auto | Device::Cpu => Ok(sde_core::CpuBackend),
+            Device::Wgpu => bail!(
+                "the wgpu backend is not available in this build yet; use --device cpu (or auto)"
+            ),
+        }
+    }
+
+    /// A progress bar of `len` steps (hidden with `--quiet` or `--json`).
+    pub fn bar(&self, len: u64, what: &str) -> ProgressBar {
+        let pb = ProgressBar::with_draw_target(Some(len), self.target());
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(what.to_string());
+        pb
+    }
+
+    /// A spinner counting events of unknown total (score evaluations).
+    pub fn spinner(&self, what: &str) -> ProgressBar {
+        let pb = ProgressBar::with_draw_target(None, self.target());
+        pb.set_style(
+            ProgressStyle::with_template("{prefix:>10} {spinner} {pos} {msg} {elapsed_precise}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        pb.set_prefix(what.to_string());
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    }
+
+    fn target(&self) -> ProgressDrawTarget {
+        if self.quiet || self.json {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        }
+    }
+
+    /// Prints a line for humans (stderr, so stdout stays machine-readable).
+    pub fn note(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+}
+
+/// The process-wide Ctrl-C flag (the handler is installed on first use).
+pub fn interrupted() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        // If a handler cannot be installed, Ctrl-C simply kills the process
+        // (checkpoints are atomic, so nothing on disk breaks).
+        let _ = ctrlc::set_handler(move || {
+            if f.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing the current step (Ctrl-C again to abort)");
+        });
+        flag
+    })
+    .clone()
+}
+
+/// Raised through the solvers when the user interrupts.
+#[derive(Debug)]
+pub struct UserInterrupt;
+
+impl std::fmt::Display for UserInterrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted by the user")
+    }
+}
+
+impl std::error::Error for UserInterrupt {}
+
+/// A score model that counts evaluations on a progress bar and stops with
+/// [`UserInterrupt`] once Ctrl-C was pressed.
+pub struct Watched<'a, M> {
+    /// The model.
+    pub inner: &'a M,
+    /// Ticked once per evaluation.
+    pub bar: &'a ProgressBar,
+    /// The interruption flag.
+    pub stop: Arc<AtomicBool>,
+    /// Evaluations so far.
+    pub count: AtomicUsize,
+}
+
+impl<'a, M> Watched<'a, M> {
+    /// Wraps `inner`.
+    pub fn new(inner: &'a M, bar: &'a ProgressBar) -> Self {
+        Watched {
+            inner,
+            bar,
+            stop: interrupted(),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn tick(&self) -> sde_core::Result<()> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(sde_core::Error::Model(Box::new(UserInterrupt)));
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.bar.inc(1);
+        Ok(())
+    }
+}
+
+impl<B: Backend, M: ScoreModel<B>> ScoreModel<B> for Watched<'_, M> {
+    fn score(&self, b: &B, x: &B::Tensor, t: &[f64]) -> sde_core::Result<B::Tensor> {
+        self.tick()?;
+        self.inner.score(b, x, t)
+    }
+
+    fn score_and_vjp(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        t: &[f64],
+        v: &B::Tensor,
+    ) -> sde_core::Result<(B::Tensor, B::Tensor)> {
+        self.tick()?;
+        self.inner.score_and_vjp(b, x, t, v)
+    }
+}
+
+/// Splits a batch of `n` items into chunks of at most `size`.
+pub fn chunks(n: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let size = size.max(1);
+    (0..n.div_ceil(size)).map(move |k| k * size..((k + 1) * size).min(n))
+}
+
+/// Loads a run's data set, with the data path optionally replaced.
+pub fn load_data(
+    cfg: &train::TrainConfig,
+    data_path: Option<PathBuf>,
+) -> Result<train::data::DataSplits> {
+    let mut dc = cfg.data.clone();
+    if data_path.is_some() {
+        dc.path = data_path;
+    }
+    train::data::load(&dc).with_context(|| format!("loading the {:?} data set", dc.dataset))
+}
+
+/// Parses a kebab-case name into a serde enum (the names of the config files).
+pub fn serde_enum<T: serde::de::DeserializeOwned>(s: &str) -> std::result::Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|e| e.to_string().replace('\n', " "))
+}

@@ -1,0 +1,588 @@
+//! The commands that use a trained model: `sample` (PC or probability-flow
+//! ODE, PNG grid and raw samples), `likelihood` (bits/dim with standard
+//! errors), and `encode` / `decode` / `interpolate` through the ODE.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use sde_core::{AnySde, Backend, CpuBackend, NoiseRng, Sde, Shape};
+use serde_json::json;
+use solvers::{
+    CorrectorKind, DataScale, Divergence, LikelihoodConfig, OdeConfig, PcConfig, PredictorKind,
+    SamplerHooks, StepInfo,
+};
+use train::data::Transform;
+use train::{TrainingCheckpoint, Weights};
+
+use crate::common::{chunks, serde_enum, Ctx, UserInterrupt, Watched};
+
+/// Which checkpoint and weights to use.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Run directory (or checkpoint file) written by `scoresde train`.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Weights to use: the EMA (default, as in the paper) or the raw parameters.
+    #[arg(long, default_value = "ema", value_parser = serde_enum::<Weights>)]
+    pub weights: Weights,
+    /// Override the SDE's number of discretisation steps N (PC samplers).
+    #[arg(long)]
+    pub steps: Option<usize>,
+}
+
+/// ODE tolerances.
+#[derive(Clone, Debug, clap::Args)]
+pub struct OdeArgs {
+    /// Relative tolerance of the RK45 solver.
+    #[arg(long, default_value_t = 1e-5)]
+    pub rtol: f64,
+    /// Absolute tolerance of the RK45 solver.
+    #[arg(long, default_value_t = 1e-5)]
+    pub atol: f64,
+}
+
+impl OdeArgs {
+    fn config(&self) -> OdeConfig {
+        OdeConfig {
+            rtol: self.rtol,
+            atol: self.atol,
+            ..OdeConfig::default()
+        }
+    }
+}
+
+/// A loaded model with its run configuration.
+pub struct Loaded {
+    /// The checkpoint.
+    pub ck: TrainingCheckpoint,
+    /// The model.
+    pub model: score_net::UnetScore<CpuBackend, AnySde>,
+}
+
+impl ModelArgs {
+    /// Loads the checkpoint and builds the model (with `--steps` applied).
+    pub fn load(&self, b: &CpuBackend) -> Result<Loaded> {
+        let ck = TrainingCheckpoint::load(&self.ckpt)
+            .with_context(|| format!("loading {}", self.ckpt.display()))?;
+        let mut model = ck.model(b, self.weights)?;
+        if let Some(n) = self.steps {
+            model.sde = ck.config.sde.with_num_steps(n).build()?;
+        }
+        Ok(Loaded { ck, model })
+    }
+}
+
+impl Loaded {
+    /// `[C, H, W]` of the model's images.
+    pub fn image_shape(&self) -> [usize; 3] {
+        self.ck.image_shape
+    }
+    /// The data range `(low, high)`.
+    pub fn range(&self) -> (f64, f64) {
+        self.ck.config.data.scale.range()
+    }
+    fn shape(&self, n: usize) -> Result<Shape> {
+        let [c, h, w] = self.image_shape();
+        Ok(Shape::new([n, c, h, w])?)
+    }
+}
+
+/// Which sampler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplerKind {
+    /// Predictor–corrector.
+    Pc,
+    /// Probability-flow ODE (adaptive RK45).
+    Ode,
+}
+
+/// Arguments of `scoresde sample`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sampler.
+    #[arg(long, value_enum, default_value_t = SamplerKind::Pc)]
+    pub sampler: SamplerKind,
+    /// Predictor (euler-maruyama, reverse-diffusion, ancestral, none).
+    #[arg(long, default_value = "reverse-diffusion", value_parser = serde_enum::<PredictorKind>)]
+    pub predictor: PredictorKind,
+    /// Corrector (langevin, annealed-langevin, none).
+    #[arg(long, default_value = "langevin", value_parser = serde_enum::<CorrectorKind>)]
+    pub corrector: CorrectorKind,
+    /// Signal-to-noise ratio of the corrector.
+    #[arg(long, default_value_t = 0.16)]
+    pub snr: f64,
+    /// Corrector steps per noise level.
+    #[arg(long, default_value_t = 1)]
+    pub corrector_steps: usize,
+    #[command(flatten)]
+    pub ode: OdeArgs,
+    /// Number of samples.
+    #[arg(short, long, default_value_t = 64)]
+    pub n: usize,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// PNG grid of the samples.
+    #[arg(long, short, default_value = "samples.png")]
+    pub out: PathBuf,
+    /// Also write the raw samples as .npy (float32, NCHW, data range).
+    #[arg(long)]
+    pub npy: Option<PathBuf>,
+}
+
+/// Progress and Ctrl-C for the PC sampler.
+struct PcHooks<'a> {
+    bar: &'a indicatif::ProgressBar,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<B: Backend> SamplerHooks<B> for PcHooks<'_> {
+    fn on_step(&mut self, info: &StepInfo) -> std::ops::ControlFlow<()> {
+        self.bar.set_position(info.step as u64);
+        if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+}
+
+/// Draws `n` samples; returns the NCHW data and the total NFE.
+pub fn draw_samples(ctx: &Ctx, m: &Loaded, args: &SampleArgs) -> Result<(Vec<f32>, usize)> {
+    let b = CpuBackend;
+    let mut rng = NoiseRng::new(ctx.seed.unwrap_or(0));
+    let mut out = Vec::new();
+    let mut nfe = 0;
+    for r in chunks(args.n, args.batch_size) {
+        let shape = m.shape(r.len())?;
+        let x = match args.sampler {
+            SamplerKind::Pc => {
+                let cfg = PcConfig {
+                    predictor: args.predictor,
+                    corrector: args.corrector,
+                    snr: args.snr,
+                    corrector_steps: args.corrector_steps,
+                    ..PcConfig::default()
+                };
+                let bar = ctx.bar(m.model.sde.num_steps() as u64, "sample");
+                let mut hooks = PcHooks {
+                    bar: &bar,
+                    stop: crate::common::interrupted(),
+                };
+                let o = solvers::pc_sample(
+                    &b,
+                    &m.model.sde,
+                    &m.model,
+                    &shape,
+                    &cfg,
+                    &mut rng,
+                    &mut hooks,
+                )?;
+                bar.finish_and_clear();
+                nfe += o.nfe;
+                o.samples
+            }
+            SamplerKind::Ode => {
+                let bar = ctx.spinner("ode nfe");
+                let w = Watched::new(&m.model, &bar);
+                let o =
+                    solvers::ode_sample(&b, &m.model.sde, &w, &shape, &args.ode.config(), &mut rng)
+                        .map_err(interrupt_aware)?;
+                bar.finish_and_clear();
+                nfe += o.nfe;
+                o.x
+            }
+        };
+        out.extend(b.to_vec(&x)?);
+    }
+    Ok((out, nfe))
+}
+
+/// Turns a wrapped [`UserInterrupt`] into a plain message.
+pub fn interrupt_aware(e: solvers::SolverError) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains(&UserInterrupt.to_string()) {
+        anyhow::anyhow!("interrupted by the user")
+    } else {
+        e.into()
+    }
+}
+
+fn grid_cols(n: usize) -> usize {
+    ((n as f64).sqrt().ceil() as usize).max(1)
+}
+
+/// `scoresde sample`.
+pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
+    let b = ctx.cpu_backend()?;
+    if args.n == 0 {
+        bail!("-n must be at least 1");
+    }
+    let m = args.model.load(&b)?;
+    let start = Instant::now();
+    let (x, nfe) = draw_samples(ctx, &m, args)?;
+    let secs = start.elapsed().as_secs_f64();
+    let [c, h, w] = m.image_shape();
+    let shape = [args.n, c, h, w];
+    train::images::write_png_grid(&args.out, &x, shape, m.range(), grid_cols(args.n))?;
+    if let Some(p) = &args.npy {
+        train::images::write_npy(p, &x, &shape)?;
+    }
+    let finite = x.iter().all(|v| v.is_finite());
+    if !finite {
+        bail!("the samples contain NaN or infinite values (the model diverged)");
+    }
+    Ok(json!({
+        "command": "sample",
+        "sampler": format!("{:?}", args.sampler).to_lowercase(),
+        "n": args.n,
+        "nfe": nfe,
+        "seconds": secs,
+        "png": args.out,
+        "npy": args.npy,
+    }))
+}
+
+/// Arguments of `scoresde likelihood`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LikelihoodArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub ode: OdeArgs,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Evaluate at most this many images (the first ones of the split).
+    #[arg(short, long)]
+    pub n: Option<usize>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Exact divergence (D vector-Jacobian products per evaluation) instead of Hutchinson.
+    #[arg(long)]
+    pub exact: bool,
+    /// Independent solves (dequantisation and probes) to average per image.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
+    /// Do not dequantise (a density of the grid values, not of the discrete data).
+    #[arg(long)]
+    pub no_dequantize: bool,
+    /// Where the data set lives, if not where it was at training time.
+    #[arg(long)]
+    pub data_path: Option<PathBuf>,
+}
+
+/// Bits/dim of `set[..n]` under `m`; returns (mean, standard error, NFE, n).
+pub fn bits_per_dim(
+    ctx: &Ctx,
+    m: &Loaded,
+    set: &train::data::ImageSet,
+    n: usize,
+    batch_size: usize,
+    cfg: &LikelihoodConfig,
+) -> Result<(f64, f64, usize, usize)> {
+    let b = CpuBackend;
+    let n = n.min(set.len());
+    if n == 0 {
+        bail!("the split has no images");
+    }
+    if set.image_shape() != m.image_shape() {
+        bail!(
+            "the data are {:?}, the model expects {:?}",
+            set.image_shape(),
+            m.image_shape()
+        );
+    }
+    let t = Transform {
+        scale: m.ck.config.data.scale,
+        dequantize: false,
+        random_flip: false,
+    };
+    let mut rng = NoiseRng::new(ctx.seed.unwrap_or(0));
+    let mut bpd = Vec::with_capacity(n);
+    let mut nfe = 0;
+    let bar = ctx.spinner("nfe");
+    for r in chunks(n, batch_size) {
+        let idx: Vec<usize> = r.collect();
+        let x = set.batch(&idx, &t, &mut rng);
+        let x = b.tensor(x, &m.shape(idx.len())?)?;
+        let w = Watched::new(&m.model, &bar);
+        let o = solvers::likelihood(&b, &m.model.sde, &w, &x, cfg, &mut rng)
+            .map_err(interrupt_aware)?;
+        nfe += o.nfe;
+        bpd.extend(o.bpd);
+        bar.set_message(format!(
+            "{} / {n} images, bpd so far {:.4}",
+            bpd.len(),
+            bpd.iter().sum::<f64>() / bpd.len() as f64
+        ));
+    }
+    bar.finish_and_clear();
+    let k = bpd.len() as f64;
+    let mean = bpd.iter().sum::<f64>() / k;
+    let var = bpd.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1.0).max(1.0);
+    Ok((mean, (var / k).sqrt(), nfe, bpd.len()))
+}
+
+/// The likelihood configuration for a model's data.
+pub fn likelihood_config(
+    m: &Loaded,
+    set_levels: u32,
+    ode: &OdeArgs,
+    exact: bool,
+    repeats: usize,
+    dequantize: bool,
+) -> LikelihoodConfig {
+    let (low, high) = m.range();
+    LikelihoodConfig {
+        ode: ode.config(),
+        divergence: if exact {
+            Divergence::Exact
+        } else {
+            Divergence::default()
+        },
+        scale: Some(DataScale {
+            levels: set_levels,
+            low,
+            high,
+        }),
+        dequantize,
+        repeats,
+        ..LikelihoodConfig::default()
+    }
+}
+
+/// `scoresde likelihood`.
+pub fn likelihood(ctx: &Ctx, args: &LikelihoodArgs) -> Result<serde_json::Value> {
+    let b = ctx.cpu_backend()?;
+    let m = args.model.load(&b)?;
+    let splits = crate::common::load_data(&m.ck.config, args.data_path.clone())?;
+    let set = match args.split.as_str() {
+        "test" => &splits.test,
+        "train" => &splits.train,
+        other => bail!("--split must be `test` or `train`, not `{other}`"),
+    };
+    let cfg = likelihood_config(
+        &m,
+        set.levels(),
+        &args.ode,
+        args.exact,
+        args.repeats,
+        !args.no_dequantize,
+    );
+    let start = Instant::now();
+    let (mean, se, nfe, n) = bits_per_dim(
+        ctx,
+        &m,
+        set,
+        args.n.unwrap_or(usize::MAX),
+        args.batch_size,
+        &cfg,
+    )?;
+    Ok(json!({
+        "command": "likelihood",
+        "split": args.split,
+        "images": n,
+        "bits_per_dim": mean,
+        "bits_per_dim_se": se,
+        "nfe": nfe,
+        "seconds": start.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Arguments of `scoresde encode`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub ode: OdeArgs,
+    /// PNG images to encode (each must match the model's size and channels).
+    #[arg(long, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Or: indices into the test split of the run's data set.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub index: Vec<usize>,
+    /// Where the data set lives, if not where it was at training time.
+    #[arg(long)]
+    pub data_path: Option<PathBuf>,
+    /// Latent codes (.npy, float32, NCHW).
+    #[arg(long, short, default_value = "latents.npy")]
+    pub out: PathBuf,
+}
+
+/// The images to encode: PNG files or test-split indices, in the data range.
+fn inputs(
+    m: &Loaded,
+    input: &[PathBuf],
+    index: &[usize],
+    data_path: Option<PathBuf>,
+) -> Result<Vec<f32>> {
+    let (low, high) = m.range();
+    match (input.is_empty(), index.is_empty()) {
+        (false, true) => {
+            let mut out = Vec::new();
+            for p in input {
+                let (shape, v) = train::images::read_png(p)?;
+                if shape != m.image_shape() {
+                    bail!(
+                        "{} is {:?}, the model expects {:?}",
+                        p.display(),
+                        shape,
+                        m.image_shape()
+                    );
+                }
+                out.extend(
+                    v.iter()
+                        .map(|&x| (low + f64::from(x) * (high - low)) as f32),
+                );
+            }
+            Ok(out)
+        }
+        (true, false) => {
+            let splits = crate::common::load_data(&m.ck.config, data_path)?;
+            if let Some(&bad) = index.iter().find(|&&i| i >= splits.test.len()) {
+                bail!(
+                    "--index {bad} is out of range: the test split has {} images",
+                    splits.test.len()
+                );
+            }
+            let t = Transform {
+                scale: m.ck.config.data.scale,
+                dequantize: false,
+                random_flip: false,
+            };
+            Ok(splits.test.batch(index, &t, &mut NoiseRng::new(0)))
+        }
+        _ => bail!("give either --input PNG... or --index I,J,... (exactly one of them)"),
+    }
+}
+
+fn encode_batch(ctx: &Ctx, m: &Loaded, x: Vec<f32>, ode: &OdeConfig) -> Result<(Vec<f32>, usize)> {
+    let b = CpuBackend;
+    let n = x.len() / m.image_shape().iter().product::<usize>();
+    let x = b.tensor(x, &m.shape(n)?)?;
+    let bar = ctx.spinner("encode");
+    let w = Watched::new(&m.model, &bar);
+    let o = solvers::encode(&b, &m.model.sde, &w, x, ode).map_err(interrupt_aware)?;
+    bar.finish_and_clear();
+    Ok((b.to_vec(&o.x)?, o.nfe))
+}
+
+fn decode_batch(ctx: &Ctx, m: &Loaded, z: Vec<f32>, ode: &OdeConfig) -> Result<(Vec<f32>, usize)> {
+    let b = CpuBackend;
+    let n = z.len() / m.image_shape().iter().product::<usize>();
+    let z = b.tensor(z, &m.shape(n)?)?;
+    let bar = ctx.spinner("decode");
+    let w = Watched::new(&m.model, &bar);
+    let o = solvers::decode(&b, &m.model.sde, &w, z, ode).map_err(interrupt_aware)?;
+    bar.finish_and_clear();
+    Ok((b.to_vec(&o.x)?, o.nfe))
+}
+
+/// `scoresde encode`.
+pub fn encode(ctx: &Ctx, args: &EncodeArgs) -> Result<serde_json::Value> {
+    let b = ctx.cpu_backend()?;
+    let m = args.model.load(&b)?;
+    let x = inputs(&m, &args.input, &args.index, args.data_path.clone())?;
+    let (z, nfe) = encode_batch(ctx, &m, x, &args.ode.config())?;
+    let [c, h, w] = m.image_shape();
+    let n = z.len() / (c * h * w);
+    train::images::write_npy(&args.out, &z, &[n, c, h, w])?;
+    Ok(json!({"command": "encode", "n": n, "nfe": nfe, "out": args.out}))
+}
+
+/// Arguments of `scoresde decode`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub ode: OdeArgs,
+    /// Latent codes (.npy written by `encode`).
+    #[arg(long)]
+    pub latent: PathBuf,
+    /// PNG grid of the decoded images.
+    #[arg(long, short, default_value = "decoded.png")]
+    pub out: PathBuf,
+}
+
+/// `scoresde decode`.
+pub fn decode(ctx: &Ctx, args: &DecodeArgs) -> Result<serde_json::Value> {
+    let b = ctx.cpu_backend()?;
+    let m = args.model.load(&b)?;
+    let (shape, z) = train::images::read_npy(&args.latent)?;
+    let [c, h, w] = m.image_shape();
+    if shape.len() != 4 || shape[1..] != [c, h, w] {
+        bail!(
+            "{} holds shape {:?}, the model's latents are [N, {c}, {h}, {w}]",
+            args.latent.display(),
+            shape
+        );
+    }
+    let (x, nfe) = decode_batch(ctx, &m, z, &args.ode.config())?;
+    let n = shape[0];
+    train::images::write_png_grid(&args.out, &x, [n, c, h, w], m.range(), grid_cols(n))?;
+    Ok(json!({"command": "decode", "n": n, "nfe": nfe, "png": args.out}))
+}
+
+/// Arguments of `scoresde interpolate`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InterpolateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub ode: OdeArgs,
+    /// Two PNG end points.
+    #[arg(long, num_args = 2)]
+    pub input: Vec<PathBuf>,
+    /// Or two test-split indices.
+    #[arg(long, num_args = 2, value_delimiter = ',')]
+    pub index: Vec<usize>,
+    /// Where the data set lives, if not where it was at training time.
+    #[arg(long)]
+    pub data_path: Option<PathBuf>,
+    /// Frames including both end points.
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// PNG strip of the frames.
+    #[arg(long, short, default_value = "interpolation.png")]
+    pub out: PathBuf,
+}
+
+/// `scoresde interpolate`: encode both ends, slerp the latents, decode.
+pub fn interpolate(ctx: &Ctx, args: &InterpolateArgs) -> Result<serde_json::Value> {
+    let b = ctx.cpu_backend()?;
+    if args.frames < 2 {
+        bail!("--frames must be at least 2");
+    }
+    let m = args.model.load(&b)?;
+    let x = inputs(&m, &args.input, &args.index, args.data_path.clone())?;
+    let ode = args.ode.config();
+    let (z, nfe_e) = encode_batch(ctx, &m, x, &ode)?;
+    let d: usize = m.image_shape().iter().product();
+    let one = m.shape(1)?;
+    let z0 = b.tensor(z[..d].to_vec(), &one)?;
+    let z1 = b.tensor(z[d..2 * d].to_vec(), &one)?;
+    let mut frames = Vec::with_capacity(args.frames * d);
+    for k in 0..args.frames {
+        let a = k as f64 / (args.frames - 1) as f64;
+        frames.extend(b.to_vec(&solvers::interp::slerp(&b, &z0, &z1, a)?)?);
+    }
+    let (x, nfe_d) = decode_batch(ctx, &m, frames, &ode)?;
+    let [c, h, w] = m.image_shape();
+    train::images::write_png_grid(
+        &args.out,
+        &x,
+        [args.frames, c, h, w],
+        m.range(),
+        args.frames,
+    )?;
+    Ok(
+        json!({"command": "interpolate", "frames": args.frames, "nfe": nfe_e + nfe_d, "png": args.out}),
+    )
+}

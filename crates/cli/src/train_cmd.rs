@@ -1,0 +1,206 @@
+//! `scoresde train`: trains a score model from a TOML configuration, with
+//! flags for the common fields, a progress bar, periodic atomic checkpoints,
+//! Ctrl-C to stop after a checkpoint, and `--resume`.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use serde_json::json;
+use train::data::DatasetName;
+use train::{LogEntry, StepReport, TrainConfig, TrainObserver, Trainer};
+
+use crate::common::{interrupted, Ctx};
+
+/// Arguments of `scoresde train`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Configuration file (TOML; see `configs/`). Without it, the defaults.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Run directory: checkpoint.safetensors and config.toml go here.
+    #[arg(long, short, default_value = "runs/latest")]
+    pub out: PathBuf,
+    /// Continue the run in `--out` from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Total optimiser steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Images per step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Data set (digits, fashion-mnist, mnist, emoji, png).
+    #[arg(long, value_parser = crate::common::serde_enum::<DatasetName>)]
+    pub dataset: Option<DatasetName>,
+    /// Where the data set lives (a folder of PNGs for `png`).
+    #[arg(long)]
+    pub data_path: Option<PathBuf>,
+    /// Steps between checkpoints.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Steps between log lines.
+    #[arg(long)]
+    pub log_every: Option<u64>,
+}
+
+/// Reads a configuration file (TOML) with a clear error.
+pub fn read_config(path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            e.to_string().replace('\n', " ").trim()
+        )
+    })
+}
+
+impl TrainArgs {
+    fn apply(&self, cfg: &mut TrainConfig, seed: Option<u64>) {
+        if let Some(s) = self.steps {
+            cfg.training.steps = s;
+        }
+        if let Some(b) = self.batch_size {
+            cfg.training.batch_size = b;
+        }
+        if let Some(lr) = self.lr {
+            cfg.optim.lr = lr;
+        }
+        if let Some(d) = self.dataset {
+            cfg.data.dataset = d;
+        }
+        if let Some(p) = &self.data_path {
+            cfg.data.path = Some(p.clone());
+        }
+        if let Some(c) = self.checkpoint_every {
+            cfg.training.checkpoint_every = c;
+        }
+        if let Some(l) = self.log_every {
+            cfg.training.log_every = l;
+        }
+        if let Some(s) = seed {
+            cfg.seed = s;
+        }
+    }
+}
+
+/// Ticks the bar, prints log lines, stops on Ctrl-C.
+pub struct CliObserver {
+    /// The bar.
+    pub bar: ProgressBar,
+    /// The Ctrl-C flag.
+    pub stop: Arc<AtomicBool>,
+    /// Log entries seen.
+    pub logs: Vec<LogEntry>,
+    /// Print log lines (not with --json).
+    pub verbose: bool,
+}
+
+impl TrainObserver for CliObserver {
+    fn on_step(&mut self, r: &StepReport) -> ControlFlow<()> {
+        self.bar.set_position(r.step);
+        if self.stop.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+    fn on_log(&mut self, e: &LogEntry) {
+        self.bar.set_message(format!(
+            "loss {:.4} | {:.0} img/s",
+            e.loss, e.images_per_sec
+        ));
+        if self.verbose {
+            self.bar.println(format!(
+                "step {:>6}  loss {:.5}  grad-norm {:.3}  lr {:.2e}  {:.1} img/s",
+                e.step, e.loss, e.grad_norm, e.lr, e.images_per_sec
+            ));
+        }
+        self.logs.push(*e);
+    }
+}
+
+/// Trains (or resumes) a run described by `cfg` into `out`; returns the summary JSON.
+pub fn train_run(
+    ctx: &Ctx,
+    cfg: TrainConfig,
+    out: &Path,
+    resume: bool,
+    data_path: Option<PathBuf>,
+) -> Result<(serde_json::Value, Trainer<sde_core::CpuBackend>)> {
+    let b = ctx.cpu_backend()?;
+    let splits = crate::common::load_data(&cfg, data_path)?;
+    let ck = out.join(train::trainer::CHECKPOINT_FILE);
+    let mut trainer = if resume {
+        if !ck.exists() {
+            bail!("--resume: no checkpoint at {}", ck.display());
+        }
+        let t = Trainer::resume(b, &ck, Some(cfg.training.steps))?;
+        if t.cfg.data != cfg.data || t.cfg.net != cfg.net || t.cfg.sde != cfg.sde {
+            ctx.note("note: resuming with the configuration stored in the checkpoint");
+        }
+        t
+    } else {
+        if ck.exists() {
+            bail!(
+                "{} already holds a run; pass --resume to continue it or choose another --out",
+                out.display()
+            );
+        }
+        Trainer::new(b, cfg, splits.train.image_shape())?
+    };
+    let source = train::TrainSet::new(&splits.train, trainer.cfg.data.transform());
+    ctx.note(format!(
+        "training on {} ({} train / {} test images of {:?}), {} parameters, from step {} to {}",
+        splits.name,
+        splits.train.len(),
+        splits.test.len(),
+        splits.train.image_shape(),
+        trainer.num_params(),
+        trainer.state.step,
+        trainer.cfg.training.steps
+    ));
+    let bar = ctx.bar(trainer.cfg.training.steps, "train");
+    bar.set_position(trainer.state.step);
+    let mut obs = CliObserver {
+        bar,
+        stop: interrupted(),
+        logs: Vec::new(),
+        verbose: !ctx.json && !ctx.quiet,
+    };
+    let summary = trainer.run(&source, Some(out), &mut obs)?;
+    obs.bar.finish_and_clear();
+    let value = json!({
+        "command": "train",
+        "run_dir": out,
+        "steps": summary.steps,
+        "steps_this_run": summary.steps_this_run,
+        "interrupted": summary.interrupted,
+        "last_loss": summary.last_loss,
+        "seconds": summary.seconds,
+        "images_per_sec": summary.images_per_sec,
+        "checkpoint": summary.checkpoint,
+        "params": trainer.num_params(),
+        "dataset": splits.name,
+    });
+    Ok((value, trainer))
+}
+
+/// `scoresde train`.
+pub fn run(ctx: &Ctx, args: &TrainArgs) -> Result<serde_json::Value> {
+    let mut cfg = match &args.config {
+        Some(p) => read_config(p)?,
+        None => TrainConfig::default(),
+    };
+    args.apply(&mut cfg, ctx.seed);
+    let (v, _) = train_run(ctx, cfg, &args.out, args.resume, args.data_path.clone())?;
+    Ok(v)
+}
