@@ -35,13 +35,13 @@ fn main() {
                 );
                 let n = s.train.len().min(64);
                 let idx: Vec<usize> = (0..n).collect();
-                let batch = s.train.batch(
-                    &idx,
-                    &Transform::default(),
-                    &mut sde_core::NoiseRng::new(0),
-                );
+                let batch =
+                    s.train
+                        .batch(&idx, &Transform::default(), &mut sde_core::NoiseRng::new(0));
                 let path = out.join(format!("{name}.png"));
-                if let Err(e) = write_png_grid(&path, &batch, [n, c, h, w], Scale::ZeroOne.range(), 8) {
+                if let Err(e) =
+                    write_png_grid(&path, &batch, [n, c, h, w], Scale::ZeroOne.range(), 8)
+                {
                     eprintln!("{name}: {e}");
                 }
             }

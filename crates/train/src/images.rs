@@ -72,12 +72,8 @@ impl RawPng {
 /// `tRNS` are expanded to 8-bit grey/RGB with alpha). `path` names it in errors.
 pub(crate) fn decode_png(bytes: &[u8], path: &Path) -> DataResult<RawPng> {
     let corrupt = |e: png::DecodingError| DataError::corrupt(path, format!("PNG: {e}"));
-    let mut decoder = png::Decoder::new_with_limits(
-        Cursor::new(bytes),
-        png::Limits {
-            bytes: 1 << 30,
-        },
-    );
+    let mut decoder =
+        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: 1 << 30 });
     decoder.set_transformations(png::Transformations::EXPAND);
     let mut reader = decoder.read_info().map_err(corrupt)?;
     let size = reader
@@ -141,10 +137,7 @@ pub(crate) fn decode_png(bytes: &[u8], path: &Path) -> DataResult<RawPng> {
 pub fn read_png(path: &Path) -> DataResult<([usize; 3], Vec<f32>)> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let raw = decode_png(&bytes, path)?;
-    Ok((
-        [raw.color_channels(), raw.height, raw.width],
-        raw.planar(),
-    ))
+    Ok(([raw.color_channels(), raw.height, raw.width], raw.planar()))
 }
 
 /// Writes `write` to `path` atomically: into a temporary file next to it,
@@ -235,7 +228,11 @@ pub fn write_png_grid(
             for y in 0..h {
                 for x in 0..w {
                     let v = (f64::from(img[(ch * h + y) * w + x]) - low) * scale;
-                    let v = if v.is_nan() { 0.0 } else { v.round().clamp(0.0, 255.0) };
+                    let v = if v.is_nan() {
+                        0.0
+                    } else {
+                        v.round().clamp(0.0, 255.0)
+                    };
                     pixels[((y0 + y) * gw + x0 + x) * c + ch] = v as u8;
                 }
             }

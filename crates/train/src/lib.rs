@@ -8,4 +8,6 @@
 pub mod data;
 pub mod images;
 
-pub use data::{DataConfig, DataError, DataSplits, Dataset, DatasetName, ImageSet, Scale, Transform};
+pub use data::{
+    DataConfig, DataError, DataSplits, Dataset, DatasetName, ImageSet, Scale, Transform,
+};

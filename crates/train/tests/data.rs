@@ -67,7 +67,10 @@ fn digits_embedded_file() {
     assert_eq!(seen.len(), 17, "every level 0..=16 occurs");
     // The first row of the file is a 0.
     assert_eq!(d.label(0), Some(0));
-    assert_eq!(&d.image(0)[..8], &[0., 0., 5., 13., 9., 1., 0., 0.].map(|k| k / 16.0));
+    assert_eq!(
+        &d.image(0)[..8],
+        &[0., 0., 5., 13., 9., 1., 0., 0.].map(|k| k / 16.0)
+    );
 }
 
 #[test]
@@ -126,8 +129,8 @@ fn holdout_split_is_a_partition() {
     assert_eq!(all, (0..n).collect::<Vec<_>>(), "disjoint and complete");
     assert!(a.windows(2).all(|w| w[0] < w[1]), "original order kept");
     // Labels follow their images.
-    for i in 0..test.len() {
-        assert_eq!(test.label(i), Some(b[i] % 7));
+    for (i, &id) in b.iter().enumerate() {
+        assert_eq!(test.label(i), Some(id % 7));
     }
     let (_, test2) = holdout_split(&set, 0.2, 9);
     assert_eq!(ids(&test2), b);
@@ -289,7 +292,10 @@ fn fashion_mnist_missing_says_how_to_install() {
     let e = load(&cfg(DatasetName::FashionMnist, &dir)).unwrap_err();
     assert!(matches!(e, DataError::NotFound { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("apt-get install dataset-fashion-mnist"), "{msg}");
+    assert!(
+        msg.contains("apt-get install dataset-fashion-mnist"),
+        "{msg}"
+    );
     assert!(msg.contains("nothing-here"), "{msg}");
     // A folder missing one file names that file.
     let dir = tmp_dir("fashion-partial");
@@ -348,7 +354,10 @@ fn mnist_fixture_loads() {
         ..cfg(DatasetName::Mnist, &root)
     })
     .unwrap();
-    assert_eq!((s.name.as_str(), s.train.len(), s.test.len()), ("mnist", 15, 4));
+    assert_eq!(
+        (s.name.as_str(), s.train.len(), s.test.len()),
+        ("mnist", 15, 4)
+    );
     // A file of the wrong length is corrupt.
     std::fs::write(root.join("package/src/digits/3.json"), "{\"data\": [0, 1]}").unwrap();
     assert!(matches!(load_mnist(&root), Err(DataError::Corrupt { .. })));
@@ -361,7 +370,10 @@ fn mnist_missing_says_how_to_fetch() {
     let dir = tmp_dir("mnist-missing");
     let e = load(&cfg(DatasetName::Mnist, &dir)).unwrap_err();
     assert!(matches!(e, DataError::NotFound { .. }), "{e:?}");
-    assert!(e.to_string().contains("cargo xtask fetch-data mnist"), "{e}");
+    assert!(
+        e.to_string().contains("cargo xtask fetch-data mnist"),
+        "{e}"
+    );
 }
 
 // ------------------------------------------------------------------ emoji
@@ -420,7 +432,10 @@ fn emoji_fixture_loads() {
         let set = load_emoji(path).unwrap();
         assert_eq!(set.len(), 2);
         assert_eq!(set.image_shape(), [3, 32, 32]);
-        assert_eq!((set.levels(), set.num_classes(), set.label(0)), (256, None, None));
+        assert_eq!(
+            (set.levels(), set.num_classes(), set.label(0)),
+            (256, None, None)
+        );
         for (i, (cx, cy)) in [(0usize, 0usize), (1, 1)].into_iter().enumerate() {
             let img = set.image(i);
             for c in 0..3 {
@@ -456,7 +471,10 @@ fn emoji_missing_says_how_to_fetch() {
     let dir = tmp_dir("emoji-missing");
     let e = load(&cfg(DatasetName::Emoji, &dir)).unwrap_err();
     assert!(matches!(e, DataError::NotFound { .. }), "{e:?}");
-    assert!(e.to_string().contains("cargo xtask fetch-data emoji"), "{e}");
+    assert!(
+        e.to_string().contains("cargo xtask fetch-data emoji"),
+        "{e}"
+    );
     // emoji.json without the sheet.
     let root = tmp_dir("emoji-nosheet");
     let pkg = emoji_fixture(&root);
@@ -498,7 +516,10 @@ fn png_folder_grey_sorted_by_name() {
         ..cfg(DatasetName::Png, &dir)
     })
     .unwrap();
-    assert_eq!((s.name.as_str(), s.train.len(), s.test.len()), ("png", 2, 1));
+    assert_eq!(
+        (s.name.as_str(), s.train.len(), s.test.len()),
+        ("png", 2, 1)
+    );
 }
 
 #[test]
@@ -507,17 +528,51 @@ fn png_folder_colour_alpha_and_16_bit() {
     let (w, h) = (3u32, 2u32);
     let n = (w * h) as usize;
     let rgb: Vec<u8> = (0..3 * n).map(|i| (i * 13) as u8).collect();
-    write_png(&dir.join("1.png"), w, h, png::ColorType::Rgb, png::BitDepth::Eight, &rgb);
+    write_png(
+        &dir.join("1.png"),
+        w,
+        h,
+        png::ColorType::Rgb,
+        png::BitDepth::Eight,
+        &rgb,
+    );
     let rgba: Vec<u8> = (0..4 * n)
-        .map(|i| if i % 4 == 3 { [0u8, 100, 255][i / 4 % 3] } else { (i * 7) as u8 })
+        .map(|i| {
+            if i % 4 == 3 {
+                [0u8, 100, 255][i / 4 % 3]
+            } else {
+                (i * 7) as u8
+            }
+        })
         .collect();
-    write_png(&dir.join("2.png"), w, h, png::ColorType::Rgba, png::BitDepth::Eight, &rgba);
+    write_png(
+        &dir.join("2.png"),
+        w,
+        h,
+        png::ColorType::Rgba,
+        png::BitDepth::Eight,
+        &rgba,
+    );
     let grey16: Vec<u8> = (0..n)
         .flat_map(|p| (257 * (p as u16 * 40)).to_be_bytes())
         .collect();
-    write_png(&dir.join("3.png"), w, h, png::ColorType::Grayscale, png::BitDepth::Sixteen, &grey16);
+    write_png(
+        &dir.join("3.png"),
+        w,
+        h,
+        png::ColorType::Grayscale,
+        png::BitDepth::Sixteen,
+        &grey16,
+    );
     let ga: Vec<u8> = (0..n).flat_map(|p| [(p * 50) as u8, 128]).collect();
-    write_png(&dir.join("4.png"), w, h, png::ColorType::GrayscaleAlpha, png::BitDepth::Eight, &ga);
+    write_png(
+        &dir.join("4.png"),
+        w,
+        h,
+        png::ColorType::GrayscaleAlpha,
+        png::BitDepth::Eight,
+        &ga,
+    );
     let set = load_png_folder(&dir).unwrap();
     assert_eq!(set.len(), 4);
     assert_eq!(set.image_shape(), [3, 2, 3]);
@@ -542,9 +597,30 @@ fn png_folder_colour_alpha_and_16_bit() {
 fn png_folder_errors() {
     // Mixed sizes name both files.
     let dir = tmp_dir("png-mixed");
-    write_png(&dir.join("a.png"), 3, 2, png::ColorType::Grayscale, png::BitDepth::Eight, &[0; 6]);
-    write_png(&dir.join("b.png"), 3, 2, png::ColorType::Grayscale, png::BitDepth::Eight, &[0; 6]);
-    write_png(&dir.join("c.png"), 2, 3, png::ColorType::Grayscale, png::BitDepth::Eight, &[0; 6]);
+    write_png(
+        &dir.join("a.png"),
+        3,
+        2,
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        &[0; 6],
+    );
+    write_png(
+        &dir.join("b.png"),
+        3,
+        2,
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        &[0; 6],
+    );
+    write_png(
+        &dir.join("c.png"),
+        2,
+        3,
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        &[0; 6],
+    );
     match load_png_folder(&dir) {
         Err(e @ DataError::MixedSizes { .. }) => {
             let msg = e.to_string();
@@ -555,7 +631,14 @@ fn png_folder_errors() {
     }
     // A garbage PNG is corrupt and named.
     let dir = tmp_dir("png-garbage");
-    write_png(&dir.join("a.png"), 3, 2, png::ColorType::Grayscale, png::BitDepth::Eight, &[0; 6]);
+    write_png(
+        &dir.join("a.png"),
+        3,
+        2,
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        &[0; 6],
+    );
     std::fs::write(dir.join("b.png"), b"\x89PNG\r\n\x1a\ngarbage").unwrap();
     match load_png_folder(&dir) {
         Err(e @ DataError::Corrupt { .. }) => assert!(e.to_string().contains("b.png"), "{e}"),
@@ -610,7 +693,10 @@ limit = 500
     let back: DataConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
     assert_eq!(back, c);
     // Empty means the defaults; unknown fields and names are rejected.
-    assert_eq!(toml::from_str::<DataConfig>("").unwrap(), DataConfig::default());
+    assert_eq!(
+        toml::from_str::<DataConfig>("").unwrap(),
+        DataConfig::default()
+    );
     let e = toml::from_str::<DataConfig>("datset = \"digits\"").unwrap_err();
     assert!(e.to_string().contains("datset"), "{e}");
     assert!(toml::from_str::<DataConfig>("dataset = \"cifar10\"").is_err());
@@ -639,8 +725,14 @@ limit = 500
 #[test]
 fn image_set_validation_subset_and_labels() {
     let v = |ks: &[u32]| ks.iter().map(|&k| grid_value(k, 4)).collect::<Vec<_>>();
-    let set = ImageSet::new([1, 1, 2], 4, v(&[0, 1, 2, 3, 3, 0]), Some(vec![2, 0, 1]), Some(3))
-        .unwrap();
+    let set = ImageSet::new(
+        [1, 1, 2],
+        4,
+        v(&[0, 1, 2, 3, 3, 0]),
+        Some(vec![2, 0, 1]),
+        Some(3),
+    )
+    .unwrap();
     assert_eq!(set.len(), 3);
     let sub = set.subset(&[2, 0, 2]);
     assert_eq!(sub.images(), &v(&[3, 0, 0, 1, 3, 0])[..]);
@@ -649,7 +741,10 @@ fn image_set_validation_subset_and_labels() {
     // Through the trait as well.
     let d: &dyn Dataset = &set;
     assert_eq!((d.len(), d.is_empty(), d.levels()), (3, false, 4));
-    assert_eq!((d.image(1), d.label(1), d.num_classes()), (&v(&[2, 3])[..], Some(0), Some(3)));
+    assert_eq!(
+        (d.image(1), d.label(1), d.num_classes()),
+        (&v(&[2, 3])[..], Some(0), Some(3))
+    );
     assert!(set.subset(&[]).is_empty());
 
     let bad = |r: Result<ImageSet, DataError>| assert!(matches!(r, Err(DataError::Invalid(_))));
@@ -659,15 +754,34 @@ fn image_set_validation_subset_and_labels() {
     bad(ImageSet::new([1, 1, 2], 4, v(&[0, 1, 2]), None, None)); // not whole images
     bad(ImageSet::new([1, 0, 2], 4, vec![], None, None));
     bad(ImageSet::new([1, 1, 2], 1, vec![0.0, 0.0], None, None));
-    bad(ImageSet::new([1, 1, 2], 4, v(&[0, 1]), Some(vec![0, 1]), None)); // label count
-    bad(ImageSet::new([1, 1, 2], 4, v(&[0, 1]), Some(vec![3]), Some(3))); // label range
+    bad(ImageSet::new(
+        [1, 1, 2],
+        4,
+        v(&[0, 1]),
+        Some(vec![0, 1]),
+        None,
+    )); // label count
+    bad(ImageSet::new(
+        [1, 1, 2],
+        4,
+        v(&[0, 1]),
+        Some(vec![3]),
+        Some(3),
+    )); // label range
 }
 
 // ------------------------------------------------------------------ batch
 
 /// One image 1x1x4 holding the grid values 0..4 of 4 levels.
 fn ramp() -> ImageSet {
-    ImageSet::new([1, 1, 4], 4, (0..4).map(|k| grid_value(k, 4)).collect(), None, None).unwrap()
+    ImageSet::new(
+        [1, 1, 4],
+        4,
+        (0..4).map(|k| grid_value(k, 4)).collect(),
+        None,
+        None,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -676,7 +790,10 @@ fn batch_scales_exactly() {
     let idx: Vec<usize> = (0..50).collect();
     let mut rng = NoiseRng::new(0);
     let zero_one = d.batch(&idx, &Transform::default(), &mut rng);
-    assert_eq!(rng.next_stream, 0, "no randomness drawn without dequantisation or flips");
+    assert_eq!(
+        rng.next_stream, 0,
+        "no randomness drawn without dequantisation or flips"
+    );
     assert_eq!(zero_one.len(), 50 * 64);
     assert_eq!(&zero_one[..], &d.images()[..50 * 64]);
     let t = Transform {
@@ -688,7 +805,9 @@ fn batch_scales_exactly() {
         let k = (a * 16.0).round();
         assert!((b - (-1.0 + 2.0 * k / 16.0)).abs() <= 1e-7, "{a} -> {b}");
     }
-    let (lo, hi) = centred.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = centred
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
     assert_eq!((lo, hi), (-1.0, 1.0));
     let r = ramp().batch(&[0], &t, &mut rng);
     assert_eq!(r, vec![-1.0, -1.0 / 3.0, 1.0 / 3.0, 1.0]);
@@ -734,7 +853,10 @@ fn dequantised_values_are_uniform_in_their_cell() {
             }
             let sd = (n * 0.1 * 0.9).sqrt();
             for c in bins {
-                assert!((c as f64 - n / 10.0).abs() < 5.0 * sd, "k = {k}: bins {bins:?}");
+                assert!(
+                    (c as f64 - n / 10.0).abs() < 5.0 * sd,
+                    "k = {k}: bins {bins:?}"
+                );
             }
         }
     }
@@ -754,7 +876,10 @@ fn random_flip_mirrors_about_half() {
     )
     .unwrap();
     let orig = set.image(0).to_vec();
-    let mirror: Vec<f32> = orig.chunks(3).flat_map(|r| r.iter().rev().copied()).collect();
+    let mirror: Vec<f32> = orig
+        .chunks(3)
+        .flat_map(|r| r.iter().rev().copied())
+        .collect();
     assert_eq!(mirror[..3], [orig[2], orig[1], orig[0]]);
     let t = Transform {
         random_flip: true,
@@ -773,7 +898,10 @@ fn random_flip_mirrors_about_half() {
         }
     }
     let sd = (n as f64 * 0.25).sqrt();
-    assert!((flipped as f64 - n as f64 / 2.0).abs() < 4.0 * sd, "{flipped} of {n}");
+    assert!(
+        (flipped as f64 - n as f64 / 2.0).abs() < 4.0 * sd,
+        "{flipped} of {n}"
+    );
 }
 
 #[test]
@@ -789,7 +917,11 @@ fn batches_are_reproducible_from_the_rng_state() {
     rng.next_key();
     let saved = rng;
     let a = d.batch(&idx, &t, &mut rng);
-    assert_eq!(rng.next_stream, saved.next_stream + 2, "one key for flips, one for noise");
+    assert_eq!(
+        rng.next_stream,
+        saved.next_stream + 2,
+        "one key for flips, one for noise"
+    );
     let mut restored: NoiseRng = toml::from_str(&toml::to_string(&saved).unwrap()).unwrap();
     assert_eq!(d.batch(&idx, &t, &mut restored), a);
     assert_eq!(restored, rng);

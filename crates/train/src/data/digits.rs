@@ -31,8 +31,7 @@ pub fn parse_digits_csv(bytes: &[u8], path: &Path) -> DataResult<ImageSet> {
             .map_err(|e| DataError::corrupt(path, format!("gzip: {e}")))?;
         s
     } else {
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| DataError::corrupt(path, "not UTF-8 text"))?
+        String::from_utf8(bytes.to_vec()).map_err(|_| DataError::corrupt(path, "not UTF-8 text"))?
     };
     let mut images = Vec::new();
     let mut labels = Vec::new();
@@ -41,7 +40,8 @@ pub fn parse_digits_csv(bytes: &[u8], path: &Path) -> DataResult<ImageSet> {
         if line.is_empty() {
             continue;
         }
-        let bad = |reason: String| DataError::corrupt(path, format!("line {}: {reason}", line_no + 1));
+        let bad =
+            |reason: String| DataError::corrupt(path, format!("line {}: {reason}", line_no + 1));
         let fields: Vec<&str> = line.split(',').collect();
         if fields.len() != 65 {
             return Err(bad(format!("{} fields, expected 65", fields.len())));

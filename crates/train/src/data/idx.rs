@@ -60,7 +60,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> DataResult<IdxArray> {
     if bytes[2] != 0x08 {
         return Err(DataError::corrupt(
             path,
-            format!("IDX element type 0x{:02x}, only 0x08 (u8) is supported", bytes[2]),
+            format!(
+                "IDX element type 0x{:02x}, only 0x08 (u8) is supported",
+                bytes[2]
+            ),
         ));
     }
     let ndim = usize::from(bytes[3]);
@@ -129,7 +132,10 @@ fn load_split(dir: &Path, prefix: &str, num_classes: u32) -> DataResult<ImageSet
     if labels.dims != [n] {
         return Err(DataError::corrupt(
             &labels_path,
-            format!("expected dimensions [{n}] (one label per image), found {:?}", labels.dims),
+            format!(
+                "expected dimensions [{n}] (one label per image), found {:?}",
+                labels.dims
+            ),
         ));
     }
     if let Some(&bad) = labels.data.iter().find(|&&l| u32::from(l) >= num_classes) {

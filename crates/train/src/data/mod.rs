@@ -602,10 +602,7 @@ fn require_dir(path: &Path, what: &str, hint: &str) -> DataResult<()> {
 pub fn load(cfg: &DataConfig) -> DataResult<DataSplits> {
     cfg.validate()?;
     let held_out = |set: ImageSet| holdout_split(&set, cfg.test_fraction, cfg.split_seed);
-    let path = cfg
-        .path
-        .clone()
-        .or_else(|| cfg.dataset.default_path());
+    let path = cfg.path.clone().or_else(|| cfg.dataset.default_path());
     let (train, test) = match (cfg.dataset, path) {
         (DatasetName::Digits, None) => held_out(load_digits()?),
         (DatasetName::Digits, Some(p)) => {
