@@ -129,8 +129,8 @@ fn holdout_split_is_a_partition() {
     assert_eq!(all, (0..n).collect::<Vec<_>>(), "disjoint and complete");
     assert!(a.windows(2).all(|w| w[0] < w[1]), "original order kept");
     // Labels follow their images.
-    for i in 0..test.len() {
-        assert_eq!(test.label(i), Some(b[i] % 7));
+    for (i, &id) in b.iter().enumerate() {
+        assert_eq!(test.label(i), Some(id % 7));
     }
     let (_, test2) = holdout_split(&set, 0.2, 9);
     assert_eq!(ids(&test2), b);
