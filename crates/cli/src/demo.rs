@@ -24,7 +24,7 @@ pub struct DemoArgs {
     #[arg(long, short, default_value = "demo")]
     pub out: PathBuf,
     /// Training steps.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 2000)]
     pub steps: u64,
     /// Test images for the bits/dim estimate.
     #[arg(long, default_value_t = 128)]
@@ -41,7 +41,7 @@ pub fn demo_config(steps: u64) -> TrainConfig {
         sde: SdeConfig::default_for(sde_core::SdeKind::Vp),
         net: UnetConfig {
             in_channels: 1,
-            base_channels: 32,
+            base_channels: 16,
             channel_mult: vec![1, 2],
             num_res_blocks: 1,
             attn_resolutions: vec![4],
@@ -58,7 +58,7 @@ pub fn demo_config(steps: u64) -> TrainConfig {
             batch_size: 64,
             steps,
             log_every: 100,
-            checkpoint_every: 250,
+            checkpoint_every: 500,
         },
         data: DataConfig {
             dataset: DatasetName::Digits,
@@ -107,6 +107,7 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> Result<serde_json::Value> {
         batch_size: 64,
         out: png.clone(),
         npy: None,
+        zoom: None,
     };
     ctx.note("sampling 64 digits (reverse diffusion + Langevin)...");
     let t0 = Instant::now();

@@ -125,6 +125,9 @@ pub struct SampleArgs {
     /// Samples per batch.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Enlarge each image this many times in the PNG (default: to at least 32 pixels).
+    #[arg(long)]
+    pub zoom: Option<usize>,
     /// PNG grid of the samples.
     #[arg(long, short, default_value = "samples.png")]
     pub out: PathBuf,
@@ -215,6 +218,38 @@ fn grid_cols(n: usize) -> usize {
     ((n as f64).sqrt().ceil() as usize).max(1)
 }
 
+/// Nearest-neighbour enlargement of NCHW images by `zoom`.
+pub fn upscale(x: &[f32], [n, c, h, w]: [usize; 4], zoom: usize) -> (Vec<f32>, [usize; 4]) {
+    let z = zoom.max(1);
+    if z == 1 {
+        return (x.to_vec(), [n, c, h, w]);
+    }
+    let (hz, wz) = (h * z, w * z);
+    let mut out = Vec::with_capacity(n * c * hz * wz);
+    for plane in x.chunks_exact(h * w) {
+        for y in 0..hz {
+            let row = &plane[(y / z) * w..(y / z + 1) * w];
+            out.extend((0..wz).map(|xx| row[xx / z]));
+        }
+    }
+    (out, [n, c, hz, wz])
+}
+
+/// Writes a PNG grid, enlarged by `zoom` (default: to at least 32 pixels a side).
+pub fn write_grid(
+    path: &std::path::Path,
+    x: &[f32],
+    shape: [usize; 4],
+    range: (f64, f64),
+    cols: usize,
+    zoom: Option<usize>,
+) -> Result<()> {
+    let zoom = zoom.unwrap_or_else(|| 32usize.div_ceil(shape[2].max(1)));
+    let (x, shape) = upscale(x, shape, zoom);
+    train::images::write_png_grid(path, &x, shape, range, cols)?;
+    Ok(())
+}
+
 /// `scoresde sample`.
 pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
     let b = ctx.cpu_backend()?;
@@ -227,7 +262,14 @@ pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
     let secs = start.elapsed().as_secs_f64();
     let [c, h, w] = m.image_shape();
     let shape = [args.n, c, h, w];
-    train::images::write_png_grid(&args.out, &x, shape, m.range(), grid_cols(args.n))?;
+    write_grid(
+        &args.out,
+        &x,
+        shape,
+        m.range(),
+        grid_cols(args.n),
+        args.zoom,
+    )?;
     if let Some(p) = &args.npy {
         train::images::write_npy(p, &x, &shape)?;
     }
@@ -506,6 +548,9 @@ pub struct DecodeArgs {
     /// Latent codes (.npy written by `encode`).
     #[arg(long)]
     pub latent: PathBuf,
+    /// Enlarge each image this many times in the PNG (default: to at least 32 pixels).
+    #[arg(long)]
+    pub zoom: Option<usize>,
     /// PNG grid of the decoded images.
     #[arg(long, short, default_value = "decoded.png")]
     pub out: PathBuf,
@@ -526,7 +571,14 @@ pub fn decode(ctx: &Ctx, args: &DecodeArgs) -> Result<serde_json::Value> {
     }
     let (x, nfe) = decode_batch(ctx, &m, z, &args.ode.config())?;
     let n = shape[0];
-    train::images::write_png_grid(&args.out, &x, [n, c, h, w], m.range(), grid_cols(n))?;
+    write_grid(
+        &args.out,
+        &x,
+        [n, c, h, w],
+        m.range(),
+        grid_cols(n),
+        args.zoom,
+    )?;
     Ok(json!({"command": "decode", "n": n, "nfe": nfe, "png": args.out}))
 }
 
@@ -538,10 +590,10 @@ pub struct InterpolateArgs {
     #[command(flatten)]
     pub ode: OdeArgs,
     /// Two PNG end points.
-    #[arg(long, num_args = 2)]
+    #[arg(long, num_args = 1..)]
     pub input: Vec<PathBuf>,
-    /// Or two test-split indices.
-    #[arg(long, num_args = 2, value_delimiter = ',')]
+    /// Or two test-split indices (`--index 3,17`).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub index: Vec<usize>,
     /// Where the data set lives, if not where it was at training time.
     #[arg(long)]
@@ -549,6 +601,9 @@ pub struct InterpolateArgs {
     /// Frames including both end points.
     #[arg(long, default_value_t = 8)]
     pub frames: usize,
+    /// Enlarge each image this many times in the PNG (default: to at least 32 pixels).
+    #[arg(long)]
+    pub zoom: Option<usize>,
     /// PNG strip of the frames.
     #[arg(long, short, default_value = "interpolation.png")]
     pub out: PathBuf,
@@ -561,6 +616,9 @@ pub fn interpolate(ctx: &Ctx, args: &InterpolateArgs) -> Result<serde_json::Valu
         bail!("--frames must be at least 2");
     }
     let m = args.model.load(&b)?;
+    if args.input.len() + args.index.len() != 2 {
+        bail!("interpolate needs exactly two end points (--input A B or --index I,J)");
+    }
     let x = inputs(&m, &args.input, &args.index, args.data_path.clone())?;
     let ode = args.ode.config();
     let (z, nfe_e) = encode_batch(ctx, &m, x, &ode)?;
@@ -575,12 +633,13 @@ pub fn interpolate(ctx: &Ctx, args: &InterpolateArgs) -> Result<serde_json::Valu
     }
     let (x, nfe_d) = decode_batch(ctx, &m, frames, &ode)?;
     let [c, h, w] = m.image_shape();
-    train::images::write_png_grid(
+    write_grid(
         &args.out,
         &x,
         [args.frames, c, h, w],
         m.range(),
         args.frames,
+        args.zoom,
     )?;
     Ok(
         json!({"command": "interpolate", "frames": args.frames, "nfe": nfe_e + nfe_d, "png": args.out}),

@@ -122,10 +122,19 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            // One line: clap's first line, without the usage block.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{first} (see `scoresde --help`)");
+            // One line: clap's message up to its usage block, joined.
+            let head: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let msg = if head.is_empty() {
+                "error: invalid arguments".to_string()
+            } else {
+                head.join(" ")
+            };
+            eprintln!("{msg} (see `scoresde --help`)");
             return ExitCode::from(2);
         }
     };

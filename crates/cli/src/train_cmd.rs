@@ -119,10 +119,16 @@ impl TrainObserver for CliObserver {
             e.loss, e.images_per_sec
         ));
         if self.verbose {
-            self.bar.println(format!(
+            let line = format!(
                 "step {:>6}  loss {:.5}  grad-norm {:.3}  lr {:.2e}  {:.1} img/s",
                 e.step, e.loss, e.grad_norm, e.lr, e.images_per_sec
-            ));
+            );
+            // A bar that is not drawn (stderr is not a terminal) drops println.
+            if self.bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                self.bar.println(line);
+            }
         }
         self.logs.push(*e);
     }

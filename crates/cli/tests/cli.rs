@@ -1,0 +1,380 @@
+//! End-to-end tests of the `scoresde` binary: argument errors are one line
+//! with exit code 2, run-time errors one line with exit code 1 and no panic
+//! trace; a tiny digits run goes train -> sample (PC and ODE) -> PNG and
+//! .npy -> likelihood -> encode/decode/interpolate -> resume.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_scoresde"));
+    c.env("RAYON_NUM_THREADS", "2");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "command failed: {}",
+        stderr(o).trim_end()
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn one_line_error(o: &Output, code: i32, needle: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e:?}");
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("scoresde-cli-{tag}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn bad_arguments_are_one_line_with_exit_code_2() {
+    one_line_error(&run(&["--bogus"]), 2, "--bogus");
+    one_line_error(&run(&["sample"]), 2, "--ckpt");
+    one_line_error(&run(&["train", "--steps", "many"]), 2, "many");
+    one_line_error(
+        &run(&["sample", "--ckpt", "x", "--predictor", "magic"]),
+        2,
+        "magic",
+    );
+    one_line_error(&run(&["train", "--dataset", "cifar"]), 2, "cifar");
+    // Help and version succeed.
+    assert!(run(&["--help"]).status.success());
+    assert!(run(&["--version"]).status.success());
+}
+
+#[test]
+fn runtime_errors_are_one_line_with_exit_code_1() {
+    let dir = tempdir("errors");
+    let missing = dir.join("nope");
+    one_line_error(
+        &run(&["sample", "--ckpt", missing.to_str().unwrap()]),
+        1,
+        "No such file",
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "seed = 1\n[training]\nstepz = 3\n").unwrap();
+    one_line_error(
+        &run(&["train", "--config", bad.to_str().unwrap()]),
+        1,
+        "stepz",
+    );
+    one_line_error(
+        &run(&[
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-path",
+            missing.to_str().unwrap(),
+            "--out",
+            dir.join("r").to_str().unwrap(),
+        ]),
+        1,
+        "apt-get install dataset-fashion-mnist",
+    );
+    one_line_error(&run(&["--device", "wgpu", "train"]), 1, "wgpu");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn tiny_config(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(
+        &p,
+        r#"seed = 3
+[sde]
+kind = "vp"
+beta_min = 0.1
+beta_max = 20.0
+num_steps = 1000
+[net]
+base_channels = 8
+channel_mult = [1, 2]
+num_res_blocks = 1
+attn_resolutions = [4]
+dropout = 0.0
+[optim]
+lr = 2e-3
+warmup = 5
+[training]
+batch_size = 16
+steps = 20
+log_every = 10
+checkpoint_every = 10
+[data]
+dataset = "digits"
+scale = "minus-one-one"
+limit = 256
+"#,
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn train_sample_likelihood_latents_and_resume() {
+    let dir = tempdir("e2e");
+    let cfg = tiny_config(&dir);
+    let run_dir = dir.join("run");
+    let rd = run_dir.to_str().unwrap();
+    let t = json(&run(&[
+        "train",
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        rd,
+    ]));
+    assert_eq!(t["steps"], 20);
+    assert!(t["images_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(run_dir.join("checkpoint.safetensors").exists());
+    assert!(run_dir.join("config.toml").exists());
+
+    // PC sampler: PNG grid and raw samples.
+    let png = dir.join("s.png");
+    let npy = dir.join("s.npy");
+    let s = json(&run(&[
+        "sample",
+        "--json",
+        "--ckpt",
+        rd,
+        "--steps",
+        "25",
+        "-n",
+        "6",
+        "--zoom",
+        "1",
+        "--out",
+        png.to_str().unwrap(),
+        "--npy",
+        npy.to_str().unwrap(),
+    ]));
+    // One corrector and one predictor evaluation per level (denoising reuses the last).
+    assert!(s["nfe"].as_u64().unwrap() >= 50, "{s}");
+    let (shape, pixels) = train::images::read_png(&png).unwrap();
+    // 3 columns x 2 rows of 8x8 images with a border.
+    assert_eq!(shape[0], 1);
+    assert!(shape[2] >= 24 && shape[1] >= 16, "{shape:?}");
+    assert!(pixels.iter().any(|&p| p > 0.0));
+    let (nshape, x) = train::images::read_npy(&npy).unwrap();
+    assert_eq!(nshape, vec![6, 1, 8, 8]);
+    assert!(x.iter().all(|v| v.is_finite()));
+    // Default zoom enlarges 8x8 images four times.
+    let big = dir.join("big.png");
+    json(&run(&[
+        "sample",
+        "--json",
+        "--ckpt",
+        rd,
+        "--steps",
+        "21",
+        "-n",
+        "1",
+        "--out",
+        big.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        train::images::read_png(&big).unwrap().0[1..],
+        [32 + 4, 32 + 4]
+    );
+
+    // Probability-flow ODE sampler.
+    let o = json(&run(&[
+        "sample",
+        "--json",
+        "--ckpt",
+        rd,
+        "--sampler",
+        "ode",
+        "--rtol",
+        "1e-3",
+        "--atol",
+        "1e-3",
+        "-n",
+        "2",
+        "--out",
+        dir.join("o.png").to_str().unwrap(),
+    ]));
+    assert!(o["nfe"].as_u64().unwrap() > 6);
+
+    // Bits/dim of the first test images.
+    let l = json(&run(&[
+        "likelihood",
+        "--json",
+        "--ckpt",
+        rd,
+        "-n",
+        "8",
+        "--rtol",
+        "1e-3",
+        "--atol",
+        "1e-3",
+    ]));
+    let bpd = l["bits_per_dim"].as_f64().unwrap();
+    assert!(bpd.is_finite() && bpd > 0.0 && bpd < 20.0, "{l}");
+    assert_eq!(l["images"], 8);
+    assert!(l["bits_per_dim_se"].as_f64().unwrap() >= 0.0);
+
+    // Latents: encode two test images, decode them, interpolate.
+    let lat = dir.join("z.npy");
+    json(&run(&[
+        "encode",
+        "--json",
+        "--ckpt",
+        rd,
+        "--index",
+        "0,1",
+        "--rtol",
+        "1e-3",
+        "--atol",
+        "1e-3",
+        "--out",
+        lat.to_str().unwrap(),
+    ]));
+    assert_eq!(train::images::read_npy(&lat).unwrap().0, vec![2, 1, 8, 8]);
+    json(&run(&[
+        "decode",
+        "--json",
+        "--ckpt",
+        rd,
+        "--latent",
+        lat.to_str().unwrap(),
+        "--rtol",
+        "1e-3",
+        "--atol",
+        "1e-3",
+        "--out",
+        dir.join("d.png").to_str().unwrap(),
+    ]));
+    let i = json(&run(&[
+        "interpolate",
+        "--json",
+        "--ckpt",
+        rd,
+        "--index",
+        "0,1",
+        "--frames",
+        "4",
+        "--rtol",
+        "1e-3",
+        "--atol",
+        "1e-3",
+        "--zoom",
+        "1",
+        "--out",
+        dir.join("i.png").to_str().unwrap(),
+    ]));
+    assert_eq!(i["frames"], 4);
+    one_line_error(
+        &run(&["encode", "--ckpt", rd, "--index", "99999"]),
+        1,
+        "out of range",
+    );
+
+    // Resume: refusing to overwrite, then continuing to 30 steps.
+    one_line_error(
+        &run(&["train", "--config", cfg.to_str().unwrap(), "--out", rd]),
+        1,
+        "--resume",
+    );
+    let r = json(&run(&[
+        "train",
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        rd,
+        "--resume",
+        "--steps",
+        "30",
+    ]));
+    assert_eq!(
+        (r["steps"].as_u64(), r["steps_this_run"].as_u64()),
+        (Some(30), Some(10))
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Killing training at arbitrary moments (SIGKILL, mid-checkpoint included,
+/// with a checkpoint every step) never leaves an unreadable checkpoint, and
+/// Ctrl-C (SIGINT) stops after writing one, exiting cleanly.
+#[test]
+fn kill_never_breaks_the_checkpoint_and_ctrl_c_saves() {
+    let dir = tempdir("kill");
+    let cfg = tiny_config(&dir);
+    let run_dir = dir.join("run");
+    let rd = run_dir.to_str().unwrap();
+    let args = [
+        "train",
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        rd,
+        "--steps",
+        "100000",
+        "--checkpoint-every",
+        "1",
+    ];
+    let mut steps_seen = Vec::new();
+    for (k, delay_ms) in [700u64, 950, 1200, 1450].into_iter().enumerate() {
+        let mut a: Vec<&str> = args.to_vec();
+        if k > 0 {
+            a.push("--resume");
+        }
+        let mut child = bin().args(&a).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if run_dir.join("checkpoint.safetensors").exists() {
+            let ck = train::TrainingCheckpoint::load(&run_dir).unwrap();
+            steps_seen.push(ck.state.step);
+        } else {
+            assert_eq!(k, 0, "the checkpoint disappeared");
+        }
+    }
+    assert!(!steps_seen.is_empty(), "no checkpoint was ever written");
+    assert!(
+        steps_seen.windows(2).all(|w| w[0] <= w[1]),
+        "{steps_seen:?}"
+    );
+
+    // SIGINT: the run stops after a checkpoint and reports it.
+    let mut a: Vec<&str> = args.to_vec();
+    a.push("--resume");
+    let child = bin()
+        .args(&a)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let v = json(&out);
+    assert_eq!(v["interrupted"], true, "{v}");
+    let ck = train::TrainingCheckpoint::load(&run_dir).unwrap();
+    assert_eq!(Some(ck.state.step), v["steps"].as_u64());
+    std::fs::remove_dir_all(&dir).ok();
+}
