@@ -443,85 +443,102 @@ pub struct EncodeArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub ode: OdeArgs,
-    /// PNG images to encode (each must match the model's size and channels).
-    #[arg(long, num_args = 1..)]
-    pub input: Vec<PathBuf>,
-    /// Or: indices into the test split of the run's data set.
-    #[arg(long, num_args = 1.., value_delimiter = ',')]
-    pub index: Vec<usize>,
-    /// Where the data set lives, if not where it was at training time.
-    #[arg(long)]
-    pub data_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub images: ImageInputs,
     /// Latent codes (.npy, float32, NCHW).
     #[arg(long, short, default_value = "latents.npy")]
     pub out: PathBuf,
 }
 
-/// The images to encode: PNG files or test-split indices, in the data range.
-fn inputs(
-    m: &Loaded,
-    input: &[PathBuf],
-    index: &[usize],
-    data_path: Option<PathBuf>,
-) -> Result<Vec<f32>> {
-    let (low, high) = m.range();
-    match (input.is_empty(), index.is_empty()) {
-        (false, true) => {
-            let mut out = Vec::new();
-            for p in input {
-                let (shape, v) = train::images::read_png(p)?;
-                if shape != m.image_shape() {
-                    bail!(
-                        "{} is {:?}, the model expects {:?}",
-                        p.display(),
-                        shape,
-                        m.image_shape()
+/// Images given on the command line: PNG files or test-split indices.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ImageInputs {
+    /// PNG images (each must match the model's size and channels).
+    #[arg(long, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Or: indices into the test split of the run's data set (`--index 3,17`).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub index: Vec<usize>,
+    /// Where the data set lives, if not where it was at training time.
+    #[arg(long)]
+    pub data_path: Option<PathBuf>,
+}
+
+impl ImageInputs {
+    /// The images, in the model's data range.
+    fn load(&self, m: &Loaded) -> Result<Vec<f32>> {
+        let (input, index, data_path) = (&self.input, &self.index, self.data_path.clone());
+        let (low, high) = m.range();
+        match (input.is_empty(), index.is_empty()) {
+            (false, true) => {
+                let mut out = Vec::new();
+                for p in input {
+                    let (shape, v) = train::images::read_png(p)?;
+                    if shape != m.image_shape() {
+                        bail!(
+                            "{} is {:?}, the model expects {:?}",
+                            p.display(),
+                            shape,
+                            m.image_shape()
+                        );
+                    }
+                    out.extend(
+                        v.iter()
+                            .map(|&x| (low + f64::from(x) * (high - low)) as f32),
                     );
                 }
-                out.extend(
-                    v.iter()
-                        .map(|&x| (low + f64::from(x) * (high - low)) as f32),
-                );
+                Ok(out)
             }
-            Ok(out)
-        }
-        (true, false) => {
-            let splits = crate::common::load_data(&m.ck.config, data_path)?;
-            if let Some(&bad) = index.iter().find(|&&i| i >= splits.test.len()) {
-                bail!(
-                    "--index {bad} is out of range: the test split has {} images",
-                    splits.test.len()
-                );
+            (true, false) => {
+                let splits = crate::common::load_data(&m.ck.config, data_path)?;
+                if let Some(&bad) = index.iter().find(|&&i| i >= splits.test.len()) {
+                    bail!(
+                        "--index {bad} is out of range: the test split has {} images",
+                        splits.test.len()
+                    );
+                }
+                let t = Transform {
+                    scale: m.ck.config.data.scale,
+                    dequantize: false,
+                    random_flip: false,
+                };
+                Ok(splits.test.batch(index, &t, &mut NoiseRng::new(0)))
             }
-            let t = Transform {
-                scale: m.ck.config.data.scale,
-                dequantize: false,
-                random_flip: false,
-            };
-            Ok(splits.test.batch(index, &t, &mut NoiseRng::new(0)))
+            _ => bail!("give either --input PNG... or --index I,J,... (exactly one of them)"),
         }
-        _ => bail!("give either --input PNG... or --index I,J,... (exactly one of them)"),
     }
 }
 
-fn encode_batch(ctx: &Ctx, m: &Loaded, x: Vec<f32>, ode: &OdeConfig) -> Result<(Vec<f32>, usize)> {
+/// Which way to run the probability-flow ODE.
+#[derive(Clone, Copy)]
+enum Flow {
+    /// Data to latent (t: eps -> T).
+    Encode,
+    /// Latent to data (t: T -> eps).
+    Decode,
+}
+
+/// Runs the probability-flow ODE over a batch of flattened images.
+fn flow(
+    ctx: &Ctx,
+    m: &Loaded,
+    x: Vec<f32>,
+    ode: &OdeConfig,
+    dir: Flow,
+) -> Result<(Vec<f32>, usize)> {
     let b = CpuBackend;
     let n = x.len() / m.image_shape().iter().product::<usize>();
     let x = b.tensor(x, &m.shape(n)?)?;
-    let bar = ctx.spinner("encode");
+    let bar = ctx.spinner(match dir {
+        Flow::Encode => "encode",
+        Flow::Decode => "decode",
+    });
     let w = Watched::new(&m.model, &bar);
-    let o = solvers::encode(&b, &m.model.sde, &w, x, ode).map_err(interrupt_aware)?;
-    bar.finish_and_clear();
-    Ok((b.to_vec(&o.x)?, o.nfe))
-}
-
-fn decode_batch(ctx: &Ctx, m: &Loaded, z: Vec<f32>, ode: &OdeConfig) -> Result<(Vec<f32>, usize)> {
-    let b = CpuBackend;
-    let n = z.len() / m.image_shape().iter().product::<usize>();
-    let z = b.tensor(z, &m.shape(n)?)?;
-    let bar = ctx.spinner("decode");
-    let w = Watched::new(&m.model, &bar);
-    let o = solvers::decode(&b, &m.model.sde, &w, z, ode).map_err(interrupt_aware)?;
+    let o = match dir {
+        Flow::Encode => solvers::encode(&b, &m.model.sde, &w, x, ode),
+        Flow::Decode => solvers::decode(&b, &m.model.sde, &w, x, ode),
+    }
+    .map_err(interrupt_aware)?;
     bar.finish_and_clear();
     Ok((b.to_vec(&o.x)?, o.nfe))
 }
@@ -530,8 +547,8 @@ fn decode_batch(ctx: &Ctx, m: &Loaded, z: Vec<f32>, ode: &OdeConfig) -> Result<(
 pub fn encode(ctx: &Ctx, args: &EncodeArgs) -> Result<serde_json::Value> {
     let b = ctx.cpu_backend()?;
     let m = args.model.load(&b)?;
-    let x = inputs(&m, &args.input, &args.index, args.data_path.clone())?;
-    let (z, nfe) = encode_batch(ctx, &m, x, &args.ode.config())?;
+    let x = args.images.load(&m)?;
+    let (z, nfe) = flow(ctx, &m, x, &args.ode.config(), Flow::Encode)?;
     let [c, h, w] = m.image_shape();
     let n = z.len() / (c * h * w);
     train::images::write_npy(&args.out, &z, &[n, c, h, w])?;
@@ -569,7 +586,7 @@ pub fn decode(ctx: &Ctx, args: &DecodeArgs) -> Result<serde_json::Value> {
             shape
         );
     }
-    let (x, nfe) = decode_batch(ctx, &m, z, &args.ode.config())?;
+    let (x, nfe) = flow(ctx, &m, z, &args.ode.config(), Flow::Decode)?;
     let n = shape[0];
     write_grid(
         &args.out,
@@ -589,15 +606,8 @@ pub struct InterpolateArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub ode: OdeArgs,
-    /// Two PNG end points.
-    #[arg(long, num_args = 1..)]
-    pub input: Vec<PathBuf>,
-    /// Or two test-split indices (`--index 3,17`).
-    #[arg(long, num_args = 1.., value_delimiter = ',')]
-    pub index: Vec<usize>,
-    /// Where the data set lives, if not where it was at training time.
-    #[arg(long)]
-    pub data_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub images: ImageInputs,
     /// Frames including both end points.
     #[arg(long, default_value_t = 8)]
     pub frames: usize,
@@ -616,12 +626,12 @@ pub fn interpolate(ctx: &Ctx, args: &InterpolateArgs) -> Result<serde_json::Valu
         bail!("--frames must be at least 2");
     }
     let m = args.model.load(&b)?;
-    if args.input.len() + args.index.len() != 2 {
+    if args.images.input.len() + args.images.index.len() != 2 {
         bail!("interpolate needs exactly two end points (--input A B or --index I,J)");
     }
-    let x = inputs(&m, &args.input, &args.index, args.data_path.clone())?;
+    let x = args.images.load(&m)?;
     let ode = args.ode.config();
-    let (z, nfe_e) = encode_batch(ctx, &m, x, &ode)?;
+    let (z, nfe_e) = flow(ctx, &m, x, &ode, Flow::Encode)?;
     let d: usize = m.image_shape().iter().product();
     let one = m.shape(1)?;
     let z0 = b.tensor(z[..d].to_vec(), &one)?;
@@ -631,7 +641,7 @@ pub fn interpolate(ctx: &Ctx, args: &InterpolateArgs) -> Result<serde_json::Valu
         let a = k as f64 / (args.frames - 1) as f64;
         frames.extend(b.to_vec(&solvers::interp::slerp(&b, &z0, &z1, a)?)?);
     }
-    let (x, nfe_d) = decode_batch(ctx, &m, frames, &ode)?;
+    let (x, nfe_d) = flow(ctx, &m, frames, &ode, Flow::Decode)?;
     let [c, h, w] = m.image_shape();
     write_grid(
         &args.out,
