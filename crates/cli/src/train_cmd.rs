@@ -1,6 +1,7 @@
 //! `scoresde train`: trains a score model from a TOML configuration, with
 //! flags for the common fields, a progress bar, periodic atomic checkpoints,
-//! Ctrl-C to stop after a checkpoint, and `--resume`.
+//! a `log.jsonl` of the loss and throughput in the run directory, Ctrl-C to
+//! stop after a checkpoint, and `--resume`.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,8 @@ pub struct CliObserver {
     pub logs: Vec<LogEntry>,
     /// Print log lines (not with --json).
     pub verbose: bool,
+    /// `log.jsonl` in the run directory: one JSON object per log entry, appended.
+    pub log_file: Option<std::fs::File>,
 }
 
 impl TrainObserver for CliObserver {
@@ -128,6 +131,13 @@ impl TrainObserver for CliObserver {
                 eprintln!("{line}");
             } else {
                 self.bar.println(line);
+            }
+        }
+        if let Some(f) = &mut self.log_file {
+            use std::io::Write;
+            if let Ok(line) = serde_json::to_string(e) {
+                // Logging must not stop training; a full disk shows up at the checkpoint.
+                let _ = writeln!(f, "{line}");
             }
         }
         self.logs.push(*e);
@@ -176,11 +186,19 @@ pub fn train_run(
     ));
     let bar = ctx.bar(trainer.cfg.training.steps, "train");
     bar.set_position(trainer.state.step);
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let log_path = out.join("log.jsonl");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
     let mut obs = CliObserver {
         bar,
         stop: interrupted(),
         logs: Vec::new(),
         verbose: !ctx.json && !ctx.quiet,
+        log_file: Some(log_file),
     };
     let summary = trainer.run(&source, Some(out), &mut obs)?;
     obs.bar.finish_and_clear();

@@ -146,6 +146,16 @@ fn train_sample_likelihood_latents_and_resume() {
     assert!(t["images_per_sec"].as_f64().unwrap() > 0.0);
     assert!(run_dir.join("checkpoint.safetensors").exists());
     assert!(run_dir.join("config.toml").exists());
+    let log = std::fs::read_to_string(run_dir.join("log.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![10, 20]);
 
     // PC sampler: PNG grid and raw samples.
     let png = dir.join("s.png");
@@ -309,6 +319,8 @@ fn train_sample_likelihood_latents_and_resume() {
         (r["steps"].as_u64(), r["steps_this_run"].as_u64()),
         (Some(30), Some(10))
     );
+    let log = std::fs::read_to_string(run_dir.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3, "resume appends to the log: {log}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
