@@ -464,3 +464,18 @@ fn long_op_chains_batch_correctly() {
     let got = b.to_vec(&x).unwrap();
     assert_close("600 chained lincombs", &got, xc.data(), 1e-5, 1e-5);
 }
+
+/// An adapter filter that matches nothing gives NoAdapter, whose message
+/// says how to get an adapter (what a machine without a driver would see).
+#[test]
+fn no_adapter_is_a_clear_typed_error() {
+    let e = score_net::gpu::GpuContext::with_options(
+        score_net::gpu::wgpu::Backends::VULKAN,
+        Some("no adapter has this name"),
+    )
+    .unwrap_err();
+    assert!(matches!(e, GpuError::NoAdapter { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("mesa-vulkan-drivers"), "{msg}");
+    assert!(msg.contains("WGPU_BACKEND"), "{msg}");
+}

@@ -20,6 +20,8 @@ pub mod tensor;
 pub use backend::WgpuBackend;
 pub use context::{BindingKind, BindingSpec, GpuContext, KernelSpec};
 pub use tensor::WgpuTensor;
+/// The `wgpu` crate this backend is built on (for adapters, limits and backends).
+pub use wgpu;
 
 #[cfg(test)]
 mod tests {
