@@ -39,6 +39,9 @@ pub enum NetError {
         /// What is wrong.
         reason: String,
     },
+    /// An error of the wgpu backend (no adapter, tensor too large, device lost, ...).
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
     /// An invalid configuration value.
     #[error("invalid configuration {field} = {value}: {reason}")]
     Config {
@@ -48,6 +51,70 @@ pub enum NetError {
         value: String,
         /// Why it is invalid.
         reason: String,
+    },
+}
+
+/// Errors of the wgpu backend ([`crate::gpu`]).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum GpuError {
+    /// No adapter matched the requested backends (and name filter).
+    #[error(
+        "no wgpu adapter found (backends: {backends}; name filter: {filter}; adapters seen: {seen}). \
+         On Linux without a GPU install Mesa's software Vulkan driver \
+         (`apt-get install mesa-vulkan-drivers libvulkan1`, adapter `llvmpipe`) and set \
+         WGPU_BACKEND=vulkan; WGPU_ADAPTER_NAME selects an adapter by name substring"
+    )]
+    NoAdapter {
+        /// The backends searched (from `WGPU_BACKEND`, else all).
+        backends: String,
+        /// The `WGPU_ADAPTER_NAME` filter, or `none`.
+        filter: String,
+        /// The adapters found before filtering, or `none`.
+        seen: String,
+    },
+    /// The adapter refused to create a device.
+    #[error("could not create a wgpu device on {adapter}: {reason}")]
+    RequestDevice {
+        /// The adapter's description.
+        adapter: String,
+        /// The driver's message.
+        reason: String,
+    },
+    /// A buffer would exceed the device's storage-binding or buffer-size limit.
+    #[error("{what} needs {bytes} bytes, over the device limit of {limit} bytes ({limit_name})")]
+    TooLarge {
+        /// What was being allocated or dispatched.
+        what: String,
+        /// The bytes (or workgroups) required.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+        /// Which limit (`max_storage_buffer_binding_size`, ...).
+        limit_name: &'static str,
+    },
+    /// The device was lost (driver reset, out of memory, destroyed).
+    #[error("wgpu device lost: {0}")]
+    DeviceLost(String),
+    /// Mapping a buffer for read-back failed, or waiting for the device failed.
+    #[error("wgpu buffer read-back failed: {0}")]
+    Map(String),
+    /// wgpu reported a validation or out-of-memory error for recorded work.
+    #[error("wgpu error: {0}")]
+    Device(String),
+    /// A kernel name that is not in the kernel table.
+    #[error(
+        "unknown kernel {0} (not in score_net::gpu::kernels::KERNELS; run `cargo xtask shaders`)"
+    )]
+    UnknownKernel(String),
+    /// A dispatch supplied the wrong number of buffers for its kernel.
+    #[error("kernel {kernel} takes {expected} storage buffer(s), got {got}")]
+    Bindings {
+        /// The kernel.
+        kernel: &'static str,
+        /// Storage bindings the kernel uses.
+        expected: usize,
+        /// Buffers supplied.
+        got: usize,
     },
 }
 

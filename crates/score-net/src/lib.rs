@@ -13,19 +13,21 @@
 //!
 //! - [`checkpoint`]: `safetensors` checkpoints with the configuration embedded.
 //!
-//! Still to come (see the issue tracker): the wgpu backend with the WGSL
-//! kernels of `shaders/`.
+//! - [`gpu`]: the wgpu backend ([`gpu::WgpuBackend`], WGSL kernels from
+//!   `shaders/`); so far it implements `sde_core::Backend`, the `NetBackend`
+//!   ops follow (see the issue tracker).
 
 pub mod checkpoint;
 pub mod cpu;
 pub mod embed;
 pub mod error;
+pub mod gpu;
 pub mod layers;
 pub mod net_backend;
 pub mod params;
 pub mod unet;
 
-pub use error::{NetError, Result};
+pub use error::{GpuError, NetError, Result};
 pub use net_backend::{Conv2dSpec, NetBackend, View};
 pub use params::{Init, ParamBuilder, ParamStore};
 pub use unet::{Embedding, Resample, Unet, UnetConfig, UnetScore};

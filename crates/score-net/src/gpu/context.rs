@@ -1,0 +1,611 @@
+//! [`GpuContext`]: the one owner of the wgpu device and queue, the compiled
+//! pipelines (cached by kernel name, with explicit bind-group layouts built
+//! from the generated kernel table) and the pending command encoder.
+//!
+//! Work is batched: [`GpuContext::dispatch`] records a compute pass into the
+//! pending encoder, and the encoder is submitted only when the host needs data
+//! ([`GpuContext::read_back`]), on [`GpuContext::sync`] /
+//! [`GpuContext::flush`], or after [`MAX_PENDING_DISPATCHES`] dispatches.
+//! wgpu keeps every buffer a recorded pass uses alive until the GPU is done
+//! with it, so temporaries may be dropped right after recording.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wgpu::util::DeviceExt;
+
+use super::kernels::KERNELS;
+use crate::error::GpuError;
+
+/// Threads per workgroup of the 1-D kernels (the WGSL files use the same).
+pub const WORKGROUP: u32 = 256;
+
+/// Dispatches recorded before the pending encoder is submitted on its own.
+pub const MAX_PENDING_DISPATCHES: usize = 256;
+
+/// The kind of one binding of a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingKind {
+    /// `var<uniform>`: the kernel's parameter struct.
+    Uniform,
+    /// `var<storage, read>`.
+    StorageRead,
+    /// `var<storage, read_write>`.
+    StorageReadWrite,
+}
+
+/// One binding (group 0) that a kernel's entry point uses.
+#[derive(Clone, Copy, Debug)]
+pub struct BindingSpec {
+    /// The `@binding` index.
+    pub binding: u32,
+    /// Uniform or storage, and the access mode.
+    pub kind: BindingKind,
+}
+
+/// One row of the generated kernel table ([`super::kernels::KERNELS`]).
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSpec {
+    /// The kernel's name (its entry point; unique across files).
+    pub name: &'static str,
+    /// The WGSL file under `shaders/`.
+    pub file: &'static str,
+    /// The entry point.
+    pub entry: &'static str,
+    /// The file's WGSL source.
+    pub source: &'static str,
+    /// `@workgroup_size`.
+    pub workgroup_size: [u32; 3],
+    /// The bindings the entry point uses, sorted by index.
+    pub bindings: &'static [BindingSpec],
+}
+
+impl KernelSpec {
+    /// Looks a kernel up by name.
+    pub fn find(name: &str) -> Result<&'static KernelSpec, GpuError> {
+        KERNELS
+            .iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| GpuError::UnknownKernel(name.to_string()))
+    }
+
+    /// Number of storage bindings (the buffers a dispatch passes).
+    pub fn storage_count(&self) -> usize {
+        self.bindings
+            .iter()
+            .filter(|b| b.kind != BindingKind::Uniform)
+            .count()
+    }
+}
+
+/// A compiled kernel: pipeline plus its explicit bind-group layout.
+struct Pipeline {
+    spec: &'static KernelSpec,
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// The encoder that collects dispatches until the next submit.
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    dispatches: usize,
+}
+
+/// Owns the wgpu device and queue, the pipeline cache and the pending encoder.
+pub struct GpuContext {
+    adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
+    pending: Mutex<Pending>,
+    fault: Arc<Mutex<Option<GpuError>>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind
+    // (maps, an encoder); keep going rather than poisoning every later call.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+impl GpuContext {
+    /// Creates a context from the environment: `WGPU_BACKEND` picks the
+    /// backends (default: all compiled in), `WGPU_ADAPTER_NAME` filters adapters
+    /// by a case-insensitive name substring. Among the remaining adapters a
+    /// real GPU wins (discrete, then integrated, then virtual, then CPU).
+    pub fn new() -> Result<Self, GpuError> {
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let filter = std::env::var("WGPU_ADAPTER_NAME")
+            .ok()
+            .filter(|s| !s.is_empty());
+        Self::with_options(backends, filter.as_deref())
+    }
+
+    /// Creates a context on `backends`, optionally restricted to adapters
+    /// whose name contains `name_filter` (case-insensitive).
+    pub fn with_options(
+        backends: wgpu::Backends,
+        name_filter: Option<&str>,
+    ) -> Result<Self, GpuError> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle().with_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        let wanted = name_filter.map(str::to_lowercase);
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| {
+                wanted
+                    .as_ref()
+                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+            })
+            .min_by_key(|a| rank(a.get_info().device_type))
+            .ok_or_else(|| GpuError::NoAdapter {
+                backends: format!("{backends:?}"),
+                filter: name_filter.unwrap_or("none").to_string(),
+                seen: if seen.is_empty() {
+                    "none".into()
+                } else {
+                    seen.join(", ")
+                },
+            })?;
+        Self::from_adapter(adapter)
+    }
+
+    /// Creates the device on `adapter` with the adapter's own limits.
+    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self, GpuError> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("score-net"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| GpuError::RequestDevice {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let fault: Arc<Mutex<Option<GpuError>>> = Arc::new(Mutex::new(None));
+        {
+            let fault = fault.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut f = lock(&fault);
+                if f.is_none() {
+                    *f = Some(GpuError::Device(e.to_string()));
+                }
+            }));
+        }
+        {
+            let fault = fault.clone();
+            device.set_device_lost_callback(move |reason, msg| {
+                let mut f = lock(&fault);
+                if f.is_none() {
+                    *f = Some(GpuError::DeviceLost(format!("{reason:?}: {msg}")));
+                }
+            });
+        }
+        Ok(GpuContext {
+            adapter,
+            device,
+            queue,
+            info,
+            limits,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending {
+                encoder: None,
+                dispatches: 0,
+            }),
+            fault,
+        })
+    }
+
+    /// `name (backend, device type, driver driver_info)`, for logs.
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            i.name, i.backend, i.device_type, i.driver, i.driver_info
+        )
+    }
+
+    /// The adapter's information.
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The adapter.
+    pub fn adapter(&self) -> &wgpu::Adapter {
+        &self.adapter
+    }
+
+    /// The device's limits (the adapter's).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The largest storage buffer a kernel can bind, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// Fails with [`GpuError::TooLarge`] when `bytes` exceed [`Self::max_binding_bytes`].
+    pub fn check_binding_size(&self, what: &str, bytes: u64) -> Result<(), GpuError> {
+        let limit = self.max_binding_bytes();
+        if bytes > limit {
+            return Err(GpuError::TooLarge {
+                what: what.to_string(),
+                bytes,
+                limit,
+                limit_name: if limit == self.limits.max_buffer_size {
+                    "max_buffer_size"
+                } else {
+                    "max_storage_buffer_binding_size"
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns (and keeps) the first asynchronous error wgpu reported.
+    pub fn check_fault(&self) -> Result<(), GpuError> {
+        match &*lock(&self.fault) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// A zero-initialised storage buffer of `bytes` (rounded up to 4, at least 4).
+    pub fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer, GpuError> {
+        self.check_binding_size(label, bytes)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `contents` (at least 4 bytes).
+    pub fn storage_from(&self, label: &str, contents: &[u8]) -> Result<wgpu::Buffer, GpuError> {
+        self.check_binding_size(label, contents.len() as u64)?;
+        if contents.is_empty() {
+            return self.storage_buffer(label, 4);
+        }
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            }))
+    }
+
+    fn module(&self, spec: &'static KernelSpec) -> wgpu::ShaderModule {
+        lock(&self.modules)
+            .entry(spec.file)
+            .or_insert_with(|| {
+                self.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(spec.file),
+                        source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(spec.source)),
+                    })
+            })
+            .clone()
+    }
+
+    fn pipeline(&self, name: &str) -> Result<Arc<Pipeline>, GpuError> {
+        let spec = KernelSpec::find(name)?;
+        if let Some(p) = lock(&self.pipelines).get(spec.name) {
+            return Ok(p.clone());
+        }
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
+            .bindings
+            .iter()
+            .map(|b| wgpu::BindGroupLayoutEntry {
+                binding: b.binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b.kind {
+                        BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                        BindingKind::StorageRead => {
+                            wgpu::BufferBindingType::Storage { read_only: true }
+                        }
+                        BindingKind::StorageReadWrite => {
+                            wgpu::BufferBindingType::Storage { read_only: false }
+                        }
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(spec.name),
+                entries: &entries,
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(spec.name),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let module = self.module(spec);
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(spec.name),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        let p = Arc::new(Pipeline {
+            spec,
+            pipeline,
+            layout,
+        });
+        lock(&self.pipelines).insert(spec.name, p.clone());
+        Ok(p)
+    }
+
+    /// Compiles every kernel of the table now (otherwise each compiles on first use).
+    pub fn warm_up(&self) -> Result<(), GpuError> {
+        for k in KERNELS {
+            self.pipeline(k.name)?;
+        }
+        self.check_fault()
+    }
+
+    /// Number of kernels compiled so far.
+    pub fn cached_pipelines(&self) -> usize {
+        lock(&self.pipelines).len()
+    }
+
+    /// A grid of `[x, y, 1]` workgroups covering `threads` threads of a 1-D
+    /// kernel ([`WORKGROUP`] wide), 2-D when `x` would exceed the per-dimension
+    /// limit; kernels compute the flat index `gid.x + gid.y * num_workgroups.x * WORKGROUP`.
+    pub fn grid_1d(&self, what: &str, threads: u64) -> Result<[u32; 3], GpuError> {
+        let groups = threads.div_ceil(u64::from(WORKGROUP)).max(1);
+        let max = u64::from(self.limits.max_compute_workgroups_per_dimension);
+        let x = groups.min(max);
+        let y = groups.div_ceil(x);
+        if y > max {
+            return Err(GpuError::TooLarge {
+                what: format!("{what} (workgroups)"),
+                bytes: groups,
+                limit: max * max,
+                limit_name: "max_compute_workgroups_per_dimension squared",
+            });
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+
+    /// Checks a 2-D or 3-D grid against the per-dimension workgroup limit.
+    pub fn check_grid(&self, what: &str, grid: [u32; 3]) -> Result<(), GpuError> {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        match grid.iter().find(|&&g| g > max) {
+            Some(&g) => Err(GpuError::TooLarge {
+                what: format!("{what} (workgroups in one dimension)"),
+                bytes: u64::from(g),
+                limit: u64::from(max),
+                limit_name: "max_compute_workgroups_per_dimension",
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records one dispatch of `kernel` into the pending encoder.
+    ///
+    /// `params` fills the kernel's uniform binding (if it has one; a `Pod`
+    /// struct laid out like the WGSL `Params`, a multiple of 16 bytes);
+    /// `buffers` go to its storage bindings in binding order.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: &'static str,
+        params: &P,
+        buffers: &[&wgpu::Buffer],
+        grid: [u32; 3],
+    ) -> Result<(), GpuError> {
+        let pipe = self.pipeline(kernel)?;
+        let spec = pipe.spec;
+        if buffers.len() != spec.storage_count() {
+            return Err(GpuError::Bindings {
+                kernel: spec.name,
+                expected: spec.storage_count(),
+                got: buffers.len(),
+            });
+        }
+        self.check_grid(kernel, grid)?;
+        let uniform = spec
+            .bindings
+            .iter()
+            .any(|b| b.kind == BindingKind::Uniform)
+            .then(|| {
+                self.device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some(kernel),
+                        contents: bytemuck::bytes_of(params),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    })
+            });
+        let mut storage = buffers.iter();
+        let mut entries = Vec::with_capacity(spec.bindings.len());
+        for b in spec.bindings {
+            let buffer = match (b.kind, &uniform) {
+                (BindingKind::Uniform, Some(u)) => u,
+                _ => storage.next().copied().ok_or(GpuError::Bindings {
+                    kernel: spec.name,
+                    expected: spec.storage_count(),
+                    got: buffers.len(),
+                })?,
+            };
+            entries.push(wgpu::BindGroupEntry {
+                binding: b.binding,
+                resource: buffer.as_entire_binding(),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel),
+            layout: &pipe.layout,
+            entries: &entries,
+        });
+        let flush = {
+            let mut pending = lock(&self.pending);
+            let encoder = pending.encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("score-net batch"),
+                    })
+            });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(kernel),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&pipe.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+            }
+            pending.dispatches += 1;
+            pending.dispatches >= MAX_PENDING_DISPATCHES
+        };
+        if flush {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Records a buffer-to-buffer copy into the pending encoder (sizes and
+    /// offsets in bytes, multiples of 4).
+    pub fn copy(
+        &self,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
+        let mut pending = lock(&self.pending);
+        let encoder = pending.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("score-net batch"),
+                })
+        });
+        encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
+    }
+
+    /// Submits the pending encoder, if any.
+    pub fn flush(&self) -> Result<(), GpuError> {
+        // Submit under the lock: a thread that finds no pending encoder must
+        // know that everything recorded before has reached the queue (a
+        // read-back maps its staging buffer right after flushing).
+        {
+            let mut pending = lock(&self.pending);
+            pending.dispatches = 0;
+            if let Some(encoder) = pending.encoder.take() {
+                self.queue.submit([encoder.finish()]);
+            }
+        }
+        self.check_fault()
+    }
+
+    /// Submits pending work and waits until the device has finished it.
+    pub fn sync(&self) -> Result<(), GpuError> {
+        self.flush()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Map(e.to_string()))?;
+        self.check_fault()
+    }
+
+    /// Copies `bytes` bytes from `offset` of `src` to the host (submitting
+    /// pending work first and waiting for it).
+    pub fn read_back(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        let size = bytes.max(4).next_multiple_of(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.copy(src, offset, &staging, 0, size);
+        self.flush()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            // The receiver lives until after the poll below.
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Map(e.to_string()))?;
+        self.check_fault()?;
+        rx.recv()
+            .map_err(|_| GpuError::Map("the map callback never ran".into()))?
+            .map_err(|e| GpuError::Map(e.to_string()))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| GpuError::Map(e.to_string()))?;
+            view[..bytes as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}

@@ -1,0 +1,481 @@
+#![allow(clippy::unwrap_used)]
+//! The wgpu backend against its plain-Rust reference, `sde_core::CpuBackend`.
+//!
+//! These tests REQUIRE a wgpu adapter: a missing adapter fails them with a
+//! message saying how to get one (CI installs Mesa's `llvmpipe` and sets
+//! `WGPU_BACKEND=vulkan`). They never skip.
+//!
+//! Tolerances (`|gpu - cpu| <= max(rel * |cpu|, abs)`):
+//! - elementwise ops: rel 1e-6, abs 1e-6 (the kernels follow the CPU's order
+//!   of operations; a driver may fuse a multiply-add, about one ulp);
+//! - reductions: rel 1e-5 of `max(|cpu|, 1)` (the GPU sums up to 1024 terms
+//!   per workgroup in f32, the CPU sums in f64);
+//! - select, uniform and Rademacher fills: bit-exact;
+//! - Gaussian fills: max([`GAUSS_REL`] * |cpu|, [`GAUSS_ABS`]): llvmpipe deviates by
+//!   up to 2.5e-5 absolute (its `sin`/`cos` are accurate to a few 1e-6 absolute,
+//!   times r <= 5.6; Vulkan allows 2^-11), while the integer Philox stream
+//!   and the uniforms feeding Box–Muller are bit-identical.
+
+use std::sync::OnceLock;
+
+use score_net::gpu::{WgpuBackend, WgpuTensor};
+use score_net::{GpuError, NetError};
+use sde_core::{Backend, Coef, CpuBackend, CpuTensor, Error, NoiseKey, Shape};
+
+/// Absolute part of the Gaussian tolerance.
+const GAUSS_ABS: f32 = 5e-5;
+/// Relative part of the Gaussian tolerance.
+const GAUSS_REL: f32 = 1e-5;
+
+/// One backend (and one device) shared by every test of this binary.
+fn gpu() -> WgpuBackend {
+    static B: OnceLock<WgpuBackend> = OnceLock::new();
+    B.get_or_init(|| match WgpuBackend::new() {
+        Ok(b) => {
+            eprintln!("wgpu adapter: {}", b.context().describe());
+            b
+        }
+        Err(e) => panic!(
+            "the wgpu backend tests need an adapter and found none: {e}\n\
+             (install mesa-vulkan-drivers and libvulkan1, then run with WGPU_BACKEND=vulkan)"
+        ),
+    })
+    .clone()
+}
+
+fn shape(dims: &[usize]) -> Shape {
+    Shape::new(dims.to_vec()).unwrap()
+}
+
+fn randn(shape: &Shape, stream: u64) -> Vec<f32> {
+    let mut v = vec![0.0; shape.numel()];
+    NoiseKey::new(0xabc, stream).fill_gaussian(&mut v);
+    v
+}
+
+fn both(data: &[f32], s: &Shape) -> (WgpuTensor, CpuTensor) {
+    (
+        gpu().tensor(data.to_vec(), s).unwrap(),
+        CpuBackend.tensor(data.to_vec(), s).unwrap(),
+    )
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g - w).abs() <= (rel * w.abs()).max(abs);
+        assert!(ok, "{what}: element {i}: gpu {g} vs cpu {w}");
+    }
+}
+
+#[track_caller]
+fn assert_close64(what: &str, got: &[f64], want: &[f64], rel: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g - w).abs() <= rel * w.abs().max(1.0);
+        assert!(ok, "{what}: sample {i}: gpu {g} vs cpu {w}");
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Odd element counts (1, 3, 257, 4099) at batch sizes 1 and 5.
+fn odd_shapes() -> Vec<Shape> {
+    let mut v = Vec::new();
+    for batch in [1, 5] {
+        for d in [1, 3, 257, 4099] {
+            v.push(shape(&[batch, d]));
+        }
+    }
+    v.push(shape(&[5, 3, 7, 11]));
+    v
+}
+
+/// An adapter exists, is described, and the name says `wgpu:`.
+#[test]
+fn adapter_is_found_and_described() {
+    let b = gpu();
+    assert!(b.name().starts_with("wgpu:"), "{}", b.name());
+    let d = b.context().describe();
+    assert!(!d.is_empty());
+    println!("adapter: {d}");
+}
+
+/// Every kernel in the table compiles into a pipeline on this device.
+#[test]
+fn every_kernel_compiles() {
+    let b = gpu();
+    b.context().warm_up().unwrap();
+    assert_eq!(
+        b.context().cached_pipelines(),
+        score_net::gpu::kernels::KERNELS.len()
+    );
+}
+
+/// THE acceptance test: golden noise vectors and every op against the CPU
+/// (`rel = 1e-6` for elementwise ops; the suite uses 1e-5 for reductions).
+#[test]
+fn conformance_suite_passes() {
+    sde_core::conformance::check_backend(&gpu(), 1e-6).unwrap();
+}
+
+/// Uniform and Rademacher fills are bit-identical to the CPU stream for odd
+/// sizes and keys that use both 32-bit halves of seed and stream.
+#[test]
+fn uniform_and_rademacher_fills_are_bit_exact() {
+    let b = gpu();
+    let keys = [
+        NoiseKey::new(0, 0),
+        NoiseKey::new(42, 3),
+        NoiseKey::new(u64::MAX, u64::MAX - 1),
+        NoiseKey::new(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+    ];
+    for s in odd_shapes() {
+        for key in keys {
+            let u = b.to_vec(&b.uniform(&s, key).unwrap()).unwrap();
+            let uc = CpuBackend.uniform(&s, key).unwrap().into_vec();
+            assert_eq!(bits(&u), bits(&uc), "uniform {s} {key:?}");
+            let r = b.to_vec(&b.rademacher(&s, key).unwrap()).unwrap();
+            let rc = CpuBackend.rademacher(&s, key).unwrap().into_vec();
+            assert_eq!(bits(&r), bits(&rc), "rademacher {s} {key:?}");
+        }
+    }
+}
+
+/// Gaussian fills match the CPU stream within the stated tolerance, and the
+/// largest deviation is printed (it measures the device's transcendentals).
+#[test]
+fn gaussian_fill_matches_cpu_stream() {
+    let b = gpu();
+    let (mut worst_abs, mut worst_rel) = (0.0f32, 0.0f32);
+    for s in odd_shapes().into_iter().chain([shape(&[3, 65_537])]) {
+        for key in [NoiseKey::new(7, 1), NoiseKey::new(u64::MAX, 1 << 40)] {
+            let g = b.to_vec(&b.gaussian(&s, key).unwrap()).unwrap();
+            let c = CpuBackend.gaussian(&s, key).unwrap().into_vec();
+            for (x, y) in g.iter().zip(&c) {
+                worst_abs = worst_abs.max((x - y).abs());
+                worst_rel = worst_rel.max((x - y).abs() / y.abs());
+            }
+            assert_close(&format!("gaussian {s}"), &g, &c, GAUSS_REL, GAUSS_ABS);
+        }
+    }
+    println!(
+        "largest Gaussian deviation from the CPU: {worst_abs:e} absolute, {worst_rel:e} relative"
+    );
+}
+
+/// lincomb with 1 to 9 terms (chained 4-term dispatches), scalar and
+/// per-sample coefficients; mul; masked_blend with full and batch-1 masks;
+/// full; the default scale/add/sub; all at odd sizes against the CPU.
+#[test]
+fn elementwise_ops_match_cpu_at_odd_sizes() {
+    let b = gpu();
+    let c = CpuBackend;
+    for s in odd_shapes() {
+        let n = s.batch();
+        let xs: Vec<_> = (0..9).map(|k| both(&randn(&s, k), &s)).collect();
+        let per: Vec<Vec<f32>> = (0..9)
+            .map(|k| (0..n).map(|i| 0.3 * k as f32 - 0.7 * i as f32).collect())
+            .collect();
+        for nterms in [1, 2, 3, 4, 5, 8, 9] {
+            let coef = |k: usize| {
+                if k % 2 == 0 {
+                    Coef::Scalar(0.5 - k as f32 * 0.25)
+                } else {
+                    Coef::PerSample(&per[k])
+                }
+            };
+            let tg: Vec<_> = (0..nterms).map(|k| (coef(k), &xs[k].0)).collect();
+            let tc: Vec<_> = (0..nterms).map(|k| (coef(k), &xs[k].1)).collect();
+            let got = b.to_vec(&b.lincomb(&tg).unwrap()).unwrap();
+            let want = c.lincomb(&tc).unwrap().into_vec();
+            assert_close(&format!("lincomb{nterms} {s}"), &got, &want, 1e-6, 1e-6);
+        }
+        let (x, xc) = (&xs[0].0, &xs[0].1);
+        let (y, yc) = (&xs[1].0, &xs[1].1);
+        let got = b.to_vec(&b.mul(x, y).unwrap()).unwrap();
+        assert_close("mul", &got, c.mul(xc, yc).unwrap().data(), 1e-6, 1e-6);
+        let got = b.to_vec(&b.sub(x, y).unwrap()).unwrap();
+        assert_close("sub", &got, c.sub(xc, yc).unwrap().data(), 1e-6, 1e-6);
+        let got = b.to_vec(&b.add(x, y).unwrap()).unwrap();
+        assert_close("add", &got, c.add(xc, yc).unwrap().data(), 1e-6, 1e-6);
+        let got = b
+            .to_vec(&b.scale(x, Coef::PerSample(&per[3])).unwrap())
+            .unwrap();
+        let want = c.scale(xc, Coef::PerSample(&per[3])).unwrap().into_vec();
+        assert_close("scale", &got, &want, 1e-6, 1e-6);
+        // Masks: full shape and one sample broadcast over the batch.
+        for ms in [s.clone(), s.with_batch(1).unwrap()] {
+            let mv: Vec<f32> = randn(&ms, 77).iter().map(|v| v.abs().min(1.0)).collect();
+            let (m, mc) = both(&mv, &ms);
+            let got = b.to_vec(&b.masked_blend(x, y, &m).unwrap()).unwrap();
+            let want = c.masked_blend(xc, yc, &mc).unwrap().into_vec();
+            assert_close(
+                &format!("masked_blend {s} mask {ms}"),
+                &got,
+                &want,
+                1e-6,
+                1e-6,
+            );
+        }
+        let got = b.to_vec(&b.full(&s, -2.5).unwrap()).unwrap();
+        assert!(got.iter().all(|&v| v == -2.5), "full {s}");
+        let got = b.to_vec(&b.zeros(&s).unwrap()).unwrap();
+        assert!(got.iter().all(|&v| v.to_bits() == 0), "zeros {s}");
+    }
+}
+
+/// Per-sample dot products, norms and scaled RMS norms against the CPU's f64
+/// sums, for sample sizes that need one and several reduction workgroups.
+#[test]
+fn reductions_match_cpu_at_odd_sizes() {
+    let b = gpu();
+    let c = CpuBackend;
+    for s in odd_shapes().into_iter().chain([shape(&[2, 70_001])]) {
+        let (x, xc) = both(&randn(&s, 1), &s);
+        let (y, yc) = both(&randn(&s, 2), &s);
+        let (z, zc) = both(&randn(&s, 3), &s);
+        let got = b.sample_dot(&x, &y).unwrap();
+        let want = c.sample_dot(&xc, &yc).unwrap();
+        assert_close64(&format!("sample_dot {s}"), &got, &want, 1e-5);
+        let got = b.sample_norm(&x).unwrap();
+        let want = c.sample_norm(&xc).unwrap();
+        assert_close64(&format!("sample_norm {s}"), &got, &want, 1e-5);
+        for (atol, rtol) in [(1e-3, 1e-2), (1e-5, 1e-5), (1.0, 0.0)] {
+            let got = b.sample_scaled_rms(&x, &y, &z, atol, rtol).unwrap();
+            let want = c.sample_scaled_rms(&xc, &yc, &zc, atol, rtol).unwrap();
+            assert_close64(&format!("scaled_rms {s} {atol} {rtol}"), &got, &want, 1e-5);
+        }
+    }
+}
+
+/// select never mixes samples: NaN and infinity in the sample not taken do
+/// not leak, NaN payloads in the sample taken are copied bit for bit, and the
+/// result is bit-identical to the CPU's.
+#[test]
+fn select_is_nan_safe_and_bit_exact() {
+    let b = gpu();
+    let c = CpuBackend;
+    for s in [shape(&[5, 3]), shape(&[5, 4099]), shape(&[1, 257])] {
+        let n = s.batch();
+        let d = s.sample_numel();
+        let mut new = randn(&s, 5);
+        let mut old = randn(&s, 6);
+        // Poison every sample on one side or the other.
+        for i in 0..n {
+            let side = if i % 2 == 0 { &mut old } else { &mut new };
+            side[i * d] = f32::NAN;
+            side[i * d + d / 2] = f32::INFINITY;
+            side[(i + 1) * d - 1] = f32::from_bits(0x7fc0_1234); // NaN with a payload
+        }
+        let take: Vec<bool> = (0..n).map(|i| i % 2 == 0).collect();
+        let (gn, cn) = both(&new, &s);
+        let (go, co) = both(&old, &s);
+        let got = b.to_vec(&b.select(&take, &gn, &go).unwrap()).unwrap();
+        let want = c.select(&take, &cn, &co).unwrap().into_vec();
+        assert_eq!(bits(&got), bits(&want), "select {s}");
+        if n > 1 {
+            assert!(got.iter().all(|v| v.is_finite()), "select {s} leaked a NaN");
+        }
+        // Taking the poisoned side copies the NaN payload exactly.
+        let all_old = vec![false; n];
+        let got = b.to_vec(&b.select(&all_old, &gn, &go).unwrap()).unwrap();
+        assert_eq!(bits(&got), bits(&old), "select all-old {s}");
+    }
+}
+
+/// check_finite reports the first non-finite element like the CPU does.
+#[test]
+fn check_finite_reports_the_first_bad_element() {
+    let b = gpu();
+    let s = shape(&[5, 4099]);
+    let mut v = randn(&s, 9);
+    let (x, _) = both(&v, &s);
+    b.check_finite(&x, "x").unwrap();
+    for (first, bad) in [
+        (12_345usize, f32::NAN),
+        (4100, f32::NEG_INFINITY),
+        (0, f32::INFINITY),
+    ] {
+        v[first] = bad;
+        v[first + 3] = f32::NAN;
+        let (x, xc) = both(&v, &s);
+        let got = b.check_finite(&x, "x").unwrap_err();
+        let want = CpuBackend.check_finite(&xc, "x").unwrap_err();
+        match (&got, &want) {
+            (
+                Error::NonFinite {
+                    index: gi,
+                    value: gv,
+                    what,
+                },
+                Error::NonFinite {
+                    index: ci,
+                    value: cv,
+                    ..
+                },
+            ) => {
+                assert_eq!(gi, ci);
+                assert_eq!(gv.to_bits(), cv.to_bits());
+                assert_eq!(what, "x");
+            }
+            _ => panic!("check_finite: {got:?} vs {want:?}"),
+        }
+    }
+}
+
+/// Wrong shapes and per-sample vectors give the same typed errors as on the CPU.
+#[test]
+fn wrong_shapes_are_the_cpus_typed_errors() {
+    let b = gpu();
+    let c = CpuBackend;
+    let s = shape(&[3, 4]);
+    let t = shape(&[3, 5]);
+    let (x, xc) = both(&randn(&s, 1), &s);
+    let (y, yc) = both(&randn(&t, 2), &t);
+    let same = |g: Error, c: Error| {
+        assert_eq!(
+            std::mem::discriminant(&g),
+            std::mem::discriminant(&c),
+            "gpu {g:?} vs cpu {c:?}"
+        );
+        g
+    };
+    same(b.mul(&x, &y).unwrap_err(), c.mul(&xc, &yc).unwrap_err());
+    same(b.add(&x, &y).unwrap_err(), c.add(&xc, &yc).unwrap_err());
+    same(
+        b.sample_dot(&x, &y).unwrap_err(),
+        c.sample_dot(&xc, &yc).unwrap_err(),
+    );
+    same(
+        b.sample_scaled_rms(&x, &x, &y, 1.0, 1.0).unwrap_err(),
+        c.sample_scaled_rms(&xc, &xc, &yc, 1.0, 1.0).unwrap_err(),
+    );
+    same(
+        b.masked_blend(&x, &x, &y).unwrap_err(),
+        c.masked_blend(&xc, &xc, &yc).unwrap_err(),
+    );
+    same(
+        b.select(&[true, false, true], &x, &y).unwrap_err(),
+        c.select(&[true, false, true], &xc, &yc).unwrap_err(),
+    );
+    let e = same(
+        b.select(&[true], &x, &x).unwrap_err(),
+        c.select(&[true], &xc, &xc).unwrap_err(),
+    );
+    assert!(matches!(e, Error::BatchMismatch { op: "select", .. }));
+    let e = same(
+        b.lincomb(&[(Coef::PerSample(&[1.0, 2.0]), &x)])
+            .unwrap_err(),
+        c.lincomb(&[(Coef::PerSample(&[1.0, 2.0]), &xc)])
+            .unwrap_err(),
+    );
+    assert!(matches!(e, Error::BatchMismatch { .. }));
+    same(b.lincomb(&[]).unwrap_err(), c.lincomb(&[]).unwrap_err());
+    same(
+        b.tensor(vec![0.0; 5], &s).unwrap_err(),
+        c.tensor(vec![0.0; 5], &s).unwrap_err(),
+    );
+}
+
+/// A tensor over the device's storage-binding limit is a typed GpuError, not
+/// a wgpu panic or validation error.
+#[test]
+fn oversized_tensor_is_a_typed_error() {
+    let b = gpu();
+    let limit = b.context().max_binding_bytes();
+    let elems = (limit / 4 + 1) as usize;
+    let s = shape(&[1, elems]);
+    let e = b.full(&s, 0.0).unwrap_err();
+    let Error::Model(inner) = &e else {
+        panic!("expected a wrapped GpuError, got {e:?}")
+    };
+    let net = inner.downcast_ref::<NetError>().expect("a NetError");
+    assert!(
+        matches!(net, NetError::Gpu(GpuError::TooLarge { .. })),
+        "{net:?}"
+    );
+    assert!(e.to_string().contains("limit"), "{e}");
+    // The device is still usable afterwards.
+    b.check_finite(&b.full(&shape(&[2, 2]), 1.0).unwrap(), "after")
+        .unwrap();
+    b.sync().unwrap();
+}
+
+/// More workgroups than one grid dimension allows: a 2-D grid covers them,
+/// and the noise stream stays the CPU's at large offsets.
+#[test]
+fn large_tensors_use_a_2d_grid() {
+    let b = gpu();
+    let max = b.context().limits().max_compute_workgroups_per_dimension as usize;
+    let n = max * 256 + 1001;
+    let s = shape(&[1, n]);
+    let v = b.to_vec(&b.full(&s, 3.0).unwrap()).unwrap();
+    assert!(v.iter().all(|&x| x == 3.0));
+    let (x, xc) = both(&randn(&s, 1), &s);
+    let got = b
+        .to_vec(
+            &b.lincomb(&[(Coef::Scalar(0.5), &x), (Coef::Scalar(2.0), &x)])
+                .unwrap(),
+        )
+        .unwrap();
+    let want = CpuBackend
+        .lincomb(&[(Coef::Scalar(0.5), &xc), (Coef::Scalar(2.0), &xc)])
+        .unwrap()
+        .into_vec();
+    assert_close("lincomb on a 2-D grid", &got, &want, 1e-6, 1e-6);
+    // Noise at large offsets (a 2-D grid for noise needs 4x as many elements,
+    // more than llvmpipe's 128 MiB binding limit).
+    let key = NoiseKey::new(5, 6);
+    let s = shape(&[1, n]);
+    let u = b.to_vec(&b.uniform(&s, key).unwrap()).unwrap();
+    let mut tail = vec![0.0f32; 4099];
+    let offset = n - tail.len();
+    // Element i is lane i % 4 of block i / 4 (offset is not a multiple of 4).
+    for (j, t) in tail.iter_mut().enumerate() {
+        let i = (offset + j) as u64;
+        *t = sde_core::rng::u32_to_unit_f32(key.block(i / 4)[(i % 4) as usize]);
+    }
+    assert_eq!(bits(&u[offset..]), bits(&tail));
+}
+
+/// Many queued ops before one read-back (exercises the batched encoder and
+/// its automatic flush), then sync.
+#[test]
+fn long_op_chains_batch_correctly() {
+    let b = gpu();
+    let c = CpuBackend;
+    let s = shape(&[5, 257]);
+    let (mut x, mut xc) = both(&randn(&s, 1), &s);
+    let (y, yc) = both(&randn(&s, 2), &s);
+    for k in 0..600 {
+        let a = if k % 2 == 0 { 0.999 } else { 1.001 };
+        x = b
+            .lincomb(&[(Coef::Scalar(a), &x), (Coef::Scalar(1e-3), &y)])
+            .unwrap();
+        xc = c
+            .lincomb(&[(Coef::Scalar(a), &xc), (Coef::Scalar(1e-3), &yc)])
+            .unwrap();
+    }
+    b.sync().unwrap();
+    let got = b.to_vec(&x).unwrap();
+    assert_close("600 chained lincombs", &got, xc.data(), 1e-5, 1e-5);
+}
+
+/// An adapter filter that matches nothing gives NoAdapter, whose message
+/// says how to get an adapter (what a machine without a driver would see).
+#[test]
+fn no_adapter_is_a_clear_typed_error() {
+    let e = score_net::gpu::GpuContext::with_options(
+        score_net::gpu::wgpu::Backends::VULKAN,
+        Some("no adapter has this name"),
+    )
+    .unwrap_err();
+    assert!(matches!(e, GpuError::NoAdapter { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("mesa-vulkan-drivers"), "{msg}");
+    assert!(msg.contains("WGPU_BACKEND"), "{msg}");
+}
