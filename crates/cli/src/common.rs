@@ -42,7 +42,8 @@ impl Ctx {
         match self.device {
             Device::Auto | Device::Cpu => Ok(sde_core::CpuBackend),
             Device::Wgpu => bail!(
-                "the wgpu backend is not available in this build yet; use --device cpu (or auto)"
+                "the wgpu backend does not have the network's kernels yet (only the samplers' \
+                 tensor ops); use --device cpu (or auto)"
             ),
         }
     }

@@ -74,12 +74,21 @@ fn info(_ctx: &Ctx) -> serde_json::Value {
         })
         .collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The wgpu backend runs the samplers' tensor ops; the network's ops on wgpu
+    // are still being written, so models run on the CPU.
+    let gpu = match score_net::gpu::GpuContext::new() {
+        Ok(ctx) => json!({"name": "wgpu", "adapter": ctx.describe(),
+            "available": false, "reason": "network kernels not written yet; models run on the cpu"}),
+        Err(e) => {
+            json!({"name": "wgpu", "available": false, "reason": e.to_string().replace('\n', " ")})
+        }
+    };
     json!({
         "command": "info",
         "version": env!("CARGO_PKG_VERSION"),
         "backends": [
             {"name": "cpu", "available": true, "threads": threads},
-            {"name": "wgpu", "available": false, "reason": "not built yet in this version"}
+            gpu
         ],
         "default_device": "cpu",
         "sdes": sdes,
