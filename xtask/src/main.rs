@@ -84,15 +84,23 @@ fn compare_torch() -> Result<(), String> {
     use std::process::Stdio;
 
     const MISSING: &str = "PyTorch not installed: pip install torch";
+    // Criterion's directory names: group, then the function id with `/` as `_`.
     const GROUP: &str = "cpu";
     const IDS: [(&str, &str, &str); 2] = [
-        ("forward", "unet_forward/28x28x1-b32-nf32", "forward_ms"),
+        ("forward", "unet_forward_28x28x1-b32-nf32", "forward_ms"),
         (
             "forward+backward",
-            "unet_forward_backward/28x28x1-b32-nf32",
+            "unet_forward_backward_28x28x1-b32-nf32",
             "forward_backward_ms",
         ),
     ];
+    // The 1-minute load average (Linux), to tell a busy machine's numbers apart.
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "?".into())
+    };
     // Check the Python side first: the Rust bench takes minutes.
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = Command::new(&python)
@@ -105,6 +113,7 @@ fn compare_torch() -> Result<(), String> {
 
     // Rust side: the criterion UNet bench; its stderr is echoed and scanned
     // for the parameter count it prints.
+    let load_rust = load();
     let args = ["bench", "-p", "benches", "--bench", "unet"];
     eprintln!("$ cargo {}", args.join(" "));
     let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -160,6 +169,7 @@ fn compare_torch() -> Result<(), String> {
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
     let script = root().join("benches/compare/torch_unet.py");
+    let load_torch = load();
     let (threads_s, params_s) = (threads.to_string(), rust_params.to_string());
     eprintln!(
         "$ {python} {} --threads {threads_s} --expect-params {params_s}",
@@ -203,6 +213,7 @@ fn compare_torch() -> Result<(), String> {
         );
     }
     println!("(torch / ours > 1: ours is faster)");
+    println!("1-minute load average before each side: ours {load_rust}, torch {load_torch}");
     Ok(())
 }
 
