@@ -51,7 +51,8 @@ configuration, as `benches/benches/unet.rs` prints it; `cargo xtask bench
 --compare-torch` passes the count the Rust bench printed with
 `--expect-params`). Prints one JSON object on stdout, progress on stderr.
 
-Run directly: `python3 benches/compare/torch_unet.py --threads 2`.
+Run directly: `python3 benches/compare/torch_unet.py --threads 2`; `--profile`
+adds torch.profiler's per-op table of three training steps.
 """
 
 import argparse
@@ -296,6 +297,11 @@ def main():
         default=RUST_PARAMS,
         help=f"parameter count of the Rust network (default {RUST_PARAMS})",
     )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler's per-op table (forward + backward) on stderr",
+    )
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -338,6 +344,15 @@ def main():
     model.train()
     print("timing forward + backward (train, dropout on) ...", file=sys.stderr)
     fb, fb_all = median_ms(forward_backward, args.warmup, args.runs)
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                forward_backward()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+        print(table, file=sys.stderr)
 
     print(
         json.dumps(
