@@ -78,7 +78,9 @@ fn bench(args: &[String]) -> Result<(), String> {
 
 /// The UNet criterion bench against `benches/compare/torch_unet.py`: prints
 /// the median times of forward and forward+backward and `torch / ours`
-/// (above 1: ours is faster).
+/// (above 1: ours is faster). `PYTHON` picks the interpreter (default
+/// `python3`); PyTorch gets as many threads as rayon (`RAYON_NUM_THREADS` or
+/// the core count).
 fn compare_torch() -> Result<(), String> {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
