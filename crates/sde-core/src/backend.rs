@@ -65,6 +65,26 @@ pub fn check_same_shape(op: &'static str, expected: &Shape, got: &Shape) -> Resu
     }
 }
 
+/// Validates the terms of [`Backend::lincomb`] (at least one; every tensor of
+/// the first's shape; per-sample coefficients of batch length) and returns
+/// that shape. Backends call it so that they reject the same inputs.
+pub fn check_lincomb<'a, T>(
+    terms: &[(Coef<'_>, &'a T)],
+    shape_of: impl Fn(&'a T) -> &'a Shape,
+) -> Result<&'a Shape> {
+    let (_, first) = terms.first().ok_or_else(|| Error::InvalidParameter {
+        name: "terms",
+        value: "[]".into(),
+        reason: "lincomb needs at least one term".into(),
+    })?;
+    let shape = shape_of(first);
+    for (c, x) in terms {
+        check_same_shape("lincomb", shape, shape_of(x))?;
+        c.check("lincomb", shape.batch())?;
+    }
+    Ok(shape)
+}
+
 /// Batched `f32` tensors and the device-independent operations on them.
 ///
 /// Implementations: [`crate::CpuBackend`] here; the wgpu backend in `score-net`.

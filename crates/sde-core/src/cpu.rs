@@ -95,16 +95,7 @@ impl Backend for CpuBackend {
     }
 
     fn lincomb(&self, terms: &[(Coef<'_>, &CpuTensor)]) -> Result<CpuTensor> {
-        let (_, first) = terms.first().ok_or_else(|| Error::InvalidParameter {
-            name: "terms",
-            value: "[]".into(),
-            reason: "lincomb needs at least one term".into(),
-        })?;
-        let shape = &first.shape;
-        for (c, x) in terms {
-            check_same_shape("lincomb", shape, &x.shape)?;
-            c.check("lincomb", shape.batch())?;
-        }
+        let shape = crate::backend::check_lincomb(terms, |x: &CpuTensor| &x.shape)?;
         let d = shape.sample_numel();
         let mut out = vec![0.0f32; shape.numel()];
         for (n, o) in out.chunks_exact_mut(d).enumerate() {

@@ -263,16 +263,7 @@ impl Backend for WgpuBackend {
     }
 
     fn lincomb(&self, terms: &[(Coef<'_>, &WgpuTensor)]) -> Result<WgpuTensor> {
-        let (_, first) = terms.first().ok_or_else(|| Error::InvalidParameter {
-            name: "terms",
-            value: "[]".into(),
-            reason: "lincomb needs at least one term".into(),
-        })?;
-        let shape = &first.shape;
-        for (c, x) in terms {
-            check_same_shape("lincomb", shape, &x.shape)?;
-            c.check("lincomb", shape.batch())?;
-        }
+        let shape = sde_core::backend::check_lincomb(terms, |x: &WgpuTensor| &x.shape)?;
         let (out, n) = self.output("lincomb", shape)?;
         let grid = self.ctx.grid_1d("lincomb", u64::from(n)).map_err(gpu)?;
         let batch = shape.batch();
