@@ -34,8 +34,8 @@ pub enum Reduction {
 }
 
 impl Reduction {
-    /// The factor `c` in `c * sum_j r_j^2`.
-    fn factor(self, dims: usize) -> f64 {
+    /// The factor `c` in `c * sum_j r_j^2` for samples of `dims` values.
+    pub fn factor(self, dims: usize) -> f64 {
         match self {
             Reduction::Mean => 1.0 / dims as f64,
             Reduction::HalfSum => 0.5,

@@ -90,14 +90,6 @@ pub struct LossValue {
     pub t: Vec<f64>,
 }
 
-/// The reduction factor `c` in `c * sum_j r_j^2`.
-fn reduction_factor(r: Reduction, dims: usize) -> f64 {
-    match r {
-        Reduction::Mean => 1.0 / dims as f64,
-        Reduction::HalfSum => 0.5,
-    }
-}
-
 /// Evaluates the objective on the clean batch `x0`; when `grads` is given,
 /// back-propagates and accumulates the parameter gradients into it. `dropout`
 /// switches the network's dropout on (training) or off (evaluation).
@@ -150,10 +142,14 @@ pub fn compute<B: NetBackend>(
             })
         }
         LossKind::Ddpm => {
-            let abar = match sde {
-                AnySde::Vp(vp) => &vp.discrete().alphas_cumprod,
-                _ => unreachable_kind()?,
+            // `validate` has ruled the other families out.
+            let AnySde::Vp(vp) = sde else {
+                return Err(crate::TrainError::Config {
+                    field: "loss.kind".into(),
+                    reason: "the DDPM loss needs the VP SDE".into(),
+                });
             };
+            let abar = &vp.discrete().alphas_cumprod;
             let levels = sde.num_steps();
             let idx: Vec<usize> = t
                 .iter()
@@ -170,7 +166,7 @@ pub fn compute<B: NetBackend>(
                 dropout_key,
             )?;
             let residual = b.sub(&out, &z)?;
-            let c = reduction_factor(cfg.reduction, shape.sample_numel());
+            let c = cfg.reduction.factor(shape.sample_numel());
             let per_sample: Vec<f64> = b
                 .sample_dot(&residual, &residual)?
                 .into_iter()
@@ -190,12 +186,4 @@ pub fn compute<B: NetBackend>(
             })
         }
     }
-}
-
-/// `validate` rules the other families out before this point.
-fn unreachable_kind<T>() -> Result<T> {
-    Err(crate::TrainError::Config {
-        field: "loss.kind".into(),
-        reason: "the DDPM loss needs the VP SDE".into(),
-    })
 }

@@ -449,12 +449,11 @@ impl<B: NetBackend> Trainer<B> {
             .map(|(n, v)| (n.to_string(), v.clone()))
             .collect();
         let mut extra = self.extra.clone();
-        let json = |v: &dyn erased::Json| v.to_json();
-        extra.insert(key_of("state"), json(&self.state)?);
-        extra.insert(key_of("config"), json(&self.cfg)?);
+        extra.insert(key_of("state"), to_json(&self.state)?);
+        extra.insert(key_of("config"), to_json(&self.cfg)?);
         extra.insert(key_of("adam_step"), self.adam.step.to_string());
         extra.insert(key_of("ema_updates"), self.ema.updates.to_string());
-        extra.insert(key_of("image_shape"), json(&self.image_shape.to_vec())?);
+        extra.insert(key_of("image_shape"), to_json(&self.image_shape)?);
         let path = run_dir.join(CHECKPOINT_FILE);
         checkpoint::save(
             &path,
@@ -526,20 +525,12 @@ fn check_image_shape(net: &UnetConfig, [c, h, w]: [usize; 3]) -> Result<()> {
     })
 }
 
-/// Minimal JSON helper so `save` can serialise heterogeneous values in one place.
-mod erased {
-    use super::{Result, TrainError};
-    pub trait Json {
-        fn to_json(&self) -> Result<String>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Result<String> {
-            serde_json::to_string(self).map_err(|e| TrainError::Checkpoint {
-                path: String::new(),
-                reason: e.to_string(),
-            })
-        }
-    }
+/// JSON text of a value stored in a checkpoint's header.
+fn to_json<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| TrainError::Checkpoint {
+        path: String::new(),
+        reason: e.to_string(),
+    })
 }
 
 /// Which weights to take from a training checkpoint.
@@ -591,18 +582,16 @@ impl TrainingCheckpoint {
                 .get(&key_of(k))
                 .ok_or_else(|| bad(format!("no {k:?} entry: not a training checkpoint")))
         };
-        let parse_json = |k: &str| -> Result<serde_json::Value> {
-            serde_json::from_str(get(k)?).map_err(|e| bad(format!("{k}: {e}")))
-        };
-        let config: TrainConfig = serde_json::from_value(parse_json("config")?)
-            .map_err(|e| bad(format!("config: {e}")))?;
-        let state: TrainState =
-            serde_json::from_value(parse_json("state")?).map_err(|e| bad(format!("state: {e}")))?;
-        let shape: Vec<usize> = serde_json::from_value(parse_json("image_shape")?)
-            .map_err(|e| bad(format!("image_shape: {e}")))?;
-        let image_shape: [usize; 3] = shape
-            .try_into()
-            .map_err(|_| bad("image_shape must have three entries".into()))?;
+        fn parse<T: serde::de::DeserializeOwned>(
+            text: &str,
+            k: &str,
+            bad: &dyn Fn(String) -> TrainError,
+        ) -> Result<T> {
+            serde_json::from_str(text).map_err(|e| bad(format!("{k}: {e}")))
+        }
+        let config: TrainConfig = parse(get("config")?, "config", &bad)?;
+        let state: TrainState = parse(get("state")?, "state", &bad)?;
+        let image_shape: [usize; 3] = parse(get("image_shape")?, "image_shape", &bad)?;
         let num = |k: &str| -> Result<u64> {
             get(k)?
                 .parse()
