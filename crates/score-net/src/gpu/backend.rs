@@ -64,7 +64,8 @@ struct RngParams {
     _pad: [u32; 3],
 }
 
-fn gpu(e: GpuError) -> Error {
+/// A [`GpuError`] as an `sde_core::Error`.
+pub(crate) fn gpu(e: GpuError) -> Error {
     NetError::Gpu(e).into()
 }
 
@@ -93,7 +94,7 @@ impl WgpuBackend {
 
     /// Element count of `shape` as the `u32` kernels index with, after
     /// checking the buffer fits the storage-binding limit.
-    fn elems(&self, what: &str, shape: &Shape) -> Result<u32> {
+    pub(crate) fn elems(&self, what: &str, shape: &Shape) -> Result<u32> {
         let n = shape.numel() as u64;
         self.ctx
             .check_binding_size(&format!("{what} {shape}"), n * 4)
@@ -110,7 +111,9 @@ impl WgpuBackend {
         Ok(n as u32)
     }
 
-    fn output(&self, what: &str, shape: &Shape) -> Result<(WgpuTensor, u32)> {
+    /// A new output tensor of `shape` and its element count. Its contents are
+    /// unspecified: kernels must write every element.
+    pub(crate) fn output(&self, what: &str, shape: &Shape) -> Result<(WgpuTensor, u32)> {
         let n = self.elems(what, shape)?;
         let buffer = self
             .ctx

@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod context;
 pub mod kernels;
+pub mod net;
 pub mod tensor;
 
 pub use backend::WgpuBackend;

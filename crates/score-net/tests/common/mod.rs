@@ -2,6 +2,8 @@
 //! finite-difference gradient check with f64 accumulation.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod gpu;
+
 use sde_core::{CpuTensor, NoiseKey, Shape};
 
 /// A tensor of `dims` filled with standard normals from `(seed, stream)`, times `scale`.
