@@ -465,6 +465,41 @@ fn long_op_chains_batch_correctly() {
     assert_close("600 chained lincombs", &got, xc.data(), 1e-5, 1e-5);
 }
 
+/// Dropped tensors' buffers are reused (pool hits) and a reused buffer is
+/// fully rewritten: stale data of a bigger tensor in the same size class
+/// never shows through, even when the reuse is recorded in the same encoder
+/// as the last read of the old tensor.
+#[test]
+fn pooled_buffers_are_reused_and_fully_rewritten() {
+    let b = gpu();
+    let ctx = b.context();
+    // 60 and 64 elements share one 256-byte size class.
+    let big = shape(&[1, 64]);
+    let small = shape(&[3, 20]);
+    let before = ctx.pool().stats();
+    let mut keep = Vec::new();
+    for k in 0..20 {
+        let stale = b.full(&big, f32::NAN).unwrap();
+        // The last read of `stale` and the reuse of its buffer are both pending.
+        keep.push(b.scale(&stale, Coef::Scalar(0.0)).unwrap());
+        drop(stale);
+        let fresh = b.full(&small, k as f32).unwrap();
+        assert_eq!(b.to_vec(&fresh).unwrap(), vec![k as f32; 60], "round {k}");
+    }
+    // 0 * NaN is NaN: each pending read saw the old contents, not the reuse's.
+    for (k, t) in keep.iter().enumerate() {
+        assert!(b.to_vec(t).unwrap().iter().all(|v| v.is_nan()), "round {k}");
+    }
+    let after = ctx.pool().stats();
+    assert!(
+        after.hits >= before.hits + 19,
+        "expected pool hits, {before:?} -> {after:?}"
+    );
+    assert!(after.idle_bytes <= after.cap_bytes);
+    ctx.pool().trim();
+    assert_eq!(ctx.pool().stats().idle_bytes, 0);
+}
+
 /// An adapter filter that matches nothing gives NoAdapter, whose message
 /// says how to get an adapter (what a machine without a driver would see).
 #[test]

@@ -117,7 +117,7 @@ impl WgpuBackend {
         let n = self.elems(what, shape)?;
         let buffer = self
             .ctx
-            .storage_buffer(what, u64::from(n) * 4)
+            .pooled_buffer(what, u64::from(n) * 4)
             .map_err(gpu)?;
         Ok((
             WgpuTensor {
@@ -240,7 +240,7 @@ impl Backend for WgpuBackend {
         self.elems("tensor", shape)?;
         let buffer = self
             .ctx
-            .storage_from("tensor", bytemuck::cast_slice(&data))
+            .pooled_from("tensor", bytemuck::cast_slice(&data))
             .map_err(gpu)?;
         Ok(WgpuTensor {
             buffer,

@@ -8,10 +8,17 @@
 //! [`GpuContext::flush`], or after [`MAX_PENDING_DISPATCHES`] dispatches.
 //! wgpu keeps every buffer a recorded pass uses alive until the GPU is done
 //! with it, so temporaries may be dropped right after recording.
+//!
+//! Allocation is cheap in steady state: tensor storage comes from a
+//! [`BufferPool`] (a dropped tensor's buffer is reused by the next tensor of
+//! the same size class; safe because every kernel runs on the one queue in
+//! recording order), and kernel parameters are written into one uniform
+//! arena per pending encoder, bound at an offset, instead of a new uniform
+//! buffer per dispatch.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use wgpu::util::DeviceExt;
 
@@ -23,6 +30,131 @@ pub const WORKGROUP: u32 = 256;
 
 /// Dispatches recorded before the pending encoder is submitted on its own.
 pub const MAX_PENDING_DISPATCHES: usize = 256;
+
+/// Bytes of the uniform arena: one slot of up to 256 bytes per pending dispatch.
+const UNIFORM_ARENA_BYTES: u64 = 256 * MAX_PENDING_DISPATCHES as u64;
+
+/// Pooled buffers are sized in multiples of this many bytes (their size class).
+pub const POOL_GRANULE: u64 = 256;
+
+/// Default cap on the bytes the pool keeps idle (more are freed on drop).
+pub const DEFAULT_POOL_BYTES: u64 = 1 << 30;
+
+/// Idle storage buffers by size class, reused for new tensors.
+///
+/// A tensor's buffer returns here when its last handle drops; the next
+/// request of the same class takes it instead of allocating. Work reaches the
+/// device in recording order on one queue, so a kernel recorded later that
+/// overwrites a reused buffer runs after every earlier reader of it.
+/// Reused buffers hold stale data: kernels write every output element.
+#[derive(Debug)]
+pub struct BufferPool {
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    idle_bytes: u64,
+    cap_bytes: u64,
+    hits: u64,
+    misses: u64,
+}
+
+/// Counters of the [`BufferPool`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Requests served from the pool.
+    pub hits: u64,
+    /// Requests that allocated a new buffer.
+    pub misses: u64,
+    /// Bytes held idle in the pool now.
+    pub idle_bytes: u64,
+    /// Cap on idle bytes.
+    pub cap_bytes: u64,
+}
+
+impl BufferPool {
+    fn new(cap_bytes: u64) -> Self {
+        BufferPool {
+            state: Mutex::new(PoolState {
+                cap_bytes,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn take(&self, class: u64) -> Option<wgpu::Buffer> {
+        let mut st = lock(&self.state);
+        let found = st.free.get_mut(&class).and_then(Vec::pop);
+        match &found {
+            Some(_) => {
+                st.hits += 1;
+                st.idle_bytes -= class;
+            }
+            None => st.misses += 1,
+        }
+        found
+    }
+
+    fn give_back(&self, buffer: wgpu::Buffer) {
+        let class = buffer.size();
+        let mut st = lock(&self.state);
+        if st.idle_bytes + class <= st.cap_bytes {
+            st.idle_bytes += class;
+            st.free.entry(class).or_default().push(buffer);
+        }
+    }
+
+    /// Frees every idle buffer.
+    pub fn trim(&self) {
+        let mut st = lock(&self.state);
+        st.free.clear();
+        st.idle_bytes = 0;
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> PoolStats {
+        let st = lock(&self.state);
+        PoolStats {
+            hits: st.hits,
+            misses: st.misses,
+            idle_bytes: st.idle_bytes,
+            cap_bytes: st.cap_bytes,
+        }
+    }
+}
+
+/// A storage buffer that goes back to its [`BufferPool`] when the last
+/// handle (clone) drops. Dereferences to the `wgpu::Buffer`.
+#[derive(Clone, Debug)]
+pub struct PooledBuffer(Arc<PoolSlot>);
+
+#[derive(Debug)]
+struct PoolSlot {
+    buffer: Option<wgpu::Buffer>,
+    pool: Weak<BufferPool>,
+}
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        if let (Some(buffer), Some(pool)) = (self.buffer.take(), self.pool.upgrade()) {
+            pool.give_back(buffer);
+        }
+    }
+}
+
+impl std::ops::Deref for PooledBuffer {
+    type Target = wgpu::Buffer;
+
+    fn deref(&self) -> &wgpu::Buffer {
+        // Only `Drop` takes the buffer out.
+        self.0
+            .buffer
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("pooled buffer used after drop"))
+    }
+}
 
 /// The kind of one binding of a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,10 +218,12 @@ struct Pipeline {
     layout: wgpu::BindGroupLayout,
 }
 
-/// The encoder that collects dispatches until the next submit.
+/// The encoder that collects dispatches until the next submit, and the
+/// kernel parameters its dispatches read from the uniform arena.
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     dispatches: usize,
+    uniforms: Vec<u8>,
 }
 
 /// Owns the wgpu device and queue, the pipeline cache and the pending encoder.
@@ -102,6 +236,9 @@ pub struct GpuContext {
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
     pending: Mutex<Pending>,
+    arena: wgpu::Buffer,
+    uniform_align: u64,
+    pool: Arc<BufferPool>,
     fault: Arc<Mutex<Option<GpuError>>>,
 }
 
@@ -213,6 +350,13 @@ impl GpuContext {
                 }
             });
         }
+        let arena = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("uniform arena"),
+            size: UNIFORM_ARENA_BYTES,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let uniform_align = u64::from(limits.min_uniform_buffer_offset_alignment).max(16);
         Ok(GpuContext {
             adapter,
             device,
@@ -224,7 +368,11 @@ impl GpuContext {
             pending: Mutex::new(Pending {
                 encoder: None,
                 dispatches: 0,
+                uniforms: Vec::with_capacity(UNIFORM_ARENA_BYTES as usize),
             }),
+            arena,
+            uniform_align,
+            pool: Arc::new(BufferPool::new(DEFAULT_POOL_BYTES)),
             fault,
         })
     }
@@ -294,6 +442,62 @@ impl GpuContext {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
+    }
+
+    /// The pool tensor storage comes from.
+    pub fn pool(&self) -> &Arc<BufferPool> {
+        &self.pool
+    }
+
+    fn pooled(&self, buffer: wgpu::Buffer) -> PooledBuffer {
+        PooledBuffer(Arc::new(PoolSlot {
+            buffer: Some(buffer),
+            pool: Arc::downgrade(&self.pool),
+        }))
+    }
+
+    fn storage_desc(label: &str, size: u64, mapped: bool) -> wgpu::BufferDescriptor<'_> {
+        wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: mapped,
+        }
+    }
+
+    /// A storage buffer of at least `bytes` from the pool (size rounded up to
+    /// [`POOL_GRANULE`]). Its contents are unspecified (stale data of an
+    /// earlier tensor, or zeros): the caller must write all of it.
+    pub fn pooled_buffer(&self, label: &str, bytes: u64) -> Result<PooledBuffer, GpuError> {
+        self.check_binding_size(label, bytes)?;
+        let class = bytes.max(4).next_multiple_of(POOL_GRANULE);
+        let buffer = match self.pool.take(class) {
+            Some(b) => b,
+            None => self
+                .device
+                .create_buffer(&Self::storage_desc(label, class, false)),
+        };
+        Ok(self.pooled(buffer))
+    }
+
+    /// A pooled storage buffer holding `contents` (a new allocation, which
+    /// joins the pool when dropped).
+    pub fn pooled_from(&self, label: &str, contents: &[u8]) -> Result<PooledBuffer, GpuError> {
+        self.check_binding_size(label, contents.len() as u64)?;
+        let class = (contents.len() as u64).max(4).next_multiple_of(POOL_GRANULE);
+        let buffer = self
+            .device
+            .create_buffer(&Self::storage_desc(label, class, true));
+        {
+            let mut view = buffer
+                .get_mapped_range_mut(..)
+                .map_err(|e| GpuError::Map(e.to_string()))?;
+            view.slice(..contents.len()).copy_from_slice(contents);
+        }
+        buffer.unmap();
+        Ok(self.pooled(buffer))
     }
 
     /// A zero-initialised storage buffer of `bytes` (rounded up to 4, at least 4).
@@ -467,32 +671,51 @@ impl GpuContext {
             });
         }
         self.check_grid(kernel, grid)?;
-        let uniform = spec
-            .bindings
-            .iter()
-            .any(|b| b.kind == BindingKind::Uniform)
-            .then(|| {
-                self.device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some(kernel),
-                        contents: bytemuck::bytes_of(params),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    })
-            });
+        let params = bytemuck::bytes_of(params);
+        let uses_uniform = spec.bindings.iter().any(|b| b.kind == BindingKind::Uniform);
+        if uses_uniform && (params.is_empty() || params.len() > 256 || params.len() % 16 != 0) {
+            return Err(GpuError::Device(format!(
+                "kernel {kernel}: parameter struct of {} bytes (must be 16..=256, a multiple of 16)",
+                params.len()
+            )));
+        }
+        // Hold the pending lock from reserving the uniform slot to recording,
+        // so the slot belongs to the encoder the dispatch goes into.
+        let mut pending = lock(&self.pending);
+        if uses_uniform
+            && pending.uniforms.len() as u64 + params.len() as u64 > UNIFORM_ARENA_BYTES
+        {
+            self.submit_pending(&mut pending);
+        }
+        let uniform_offset = pending.uniforms.len() as u64;
+        if uses_uniform {
+            pending.uniforms.extend_from_slice(params);
+            let end = (pending.uniforms.len() as u64).next_multiple_of(self.uniform_align);
+            pending.uniforms.resize(end as usize, 0);
+        }
         let mut storage = buffers.iter();
         let mut entries = Vec::with_capacity(spec.bindings.len());
         for b in spec.bindings {
-            let buffer = match (b.kind, &uniform) {
-                (BindingKind::Uniform, Some(u)) => u,
-                _ => storage.next().copied().ok_or(GpuError::Bindings {
-                    kernel: spec.name,
-                    expected: spec.storage_count(),
-                    got: buffers.len(),
-                })?,
+            let resource = if b.kind == BindingKind::Uniform {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.arena,
+                    offset: uniform_offset,
+                    size: wgpu::BufferSize::new(params.len() as u64),
+                })
+            } else {
+                storage
+                    .next()
+                    .copied()
+                    .ok_or(GpuError::Bindings {
+                        kernel: spec.name,
+                        expected: spec.storage_count(),
+                        got: buffers.len(),
+                    })?
+                    .as_entire_binding()
             };
             entries.push(wgpu::BindGroupEntry {
                 binding: b.binding,
-                resource: buffer.as_entire_binding(),
+                resource,
             });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -501,7 +724,6 @@ impl GpuContext {
             entries: &entries,
         });
         let flush = {
-            let mut pending = lock(&self.pending);
             let encoder = pending.encoder.get_or_insert_with(|| {
                 self.device
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -521,9 +743,24 @@ impl GpuContext {
             pending.dispatches >= MAX_PENDING_DISPATCHES
         };
         if flush {
-            self.flush()?;
+            self.submit_pending(&mut pending);
         }
-        Ok(())
+        drop(pending);
+        self.check_fault()
+    }
+
+    /// Writes the uniform arena and submits the pending encoder (under the
+    /// pending lock). The arena write lands before this submission's work
+    /// and after every earlier submission's, in queue order.
+    fn submit_pending(&self, pending: &mut Pending) {
+        pending.dispatches = 0;
+        if !pending.uniforms.is_empty() {
+            self.queue.write_buffer(&self.arena, 0, &pending.uniforms);
+            pending.uniforms.clear();
+        }
+        if let Some(encoder) = pending.encoder.take() {
+            self.queue.submit([encoder.finish()]);
+        }
     }
 
     /// Records a buffer-to-buffer copy into the pending encoder (sizes and
@@ -551,13 +788,7 @@ impl GpuContext {
         // Submit under the lock: a thread that finds no pending encoder must
         // know that everything recorded before has reached the queue (a
         // read-back maps its staging buffer right after flushing).
-        {
-            let mut pending = lock(&self.pending);
-            pending.dispatches = 0;
-            if let Some(encoder) = pending.encoder.take() {
-                self.queue.submit([encoder.finish()]);
-            }
-        }
+        self.submit_pending(&mut lock(&self.pending));
         self.check_fault()
     }
 

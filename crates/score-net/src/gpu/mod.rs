@@ -19,7 +19,7 @@ pub mod net;
 pub mod tensor;
 
 pub use backend::WgpuBackend;
-pub use context::{BindingKind, BindingSpec, GpuContext, KernelSpec};
+pub use context::{BindingKind, BindingSpec, BufferPool, GpuContext, KernelSpec, PoolStats, PooledBuffer};
 pub use tensor::WgpuTensor;
 /// The `wgpu` crate this backend is built on (for adapters, limits and backends).
 pub use wgpu;

@@ -1,13 +1,17 @@
 //! [`WgpuTensor`]: a batch of `f32` samples in a wgpu storage buffer. Cloning
 //! is cheap (the buffer handle is reference-counted) and shares the storage;
-//! backend ops never write into their inputs, so sharing is safe.
+//! backend ops never write into their inputs, so sharing is safe. The
+//! storage returns to the context's buffer pool when the last clone drops.
 
 use sde_core::Shape;
 
-/// An `f32` tensor in device memory: a storage buffer of `shape.numel()` elements.
+use super::context::PooledBuffer;
+
+/// An `f32` tensor in device memory: a storage buffer of at least
+/// `shape.numel()` elements (pooled buffers are rounded up to a size class).
 #[derive(Clone)]
 pub struct WgpuTensor {
-    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) buffer: PooledBuffer,
     pub(crate) shape: Shape,
 }
 
