@@ -28,6 +28,6 @@ pub mod params;
 pub mod unet;
 
 pub use error::{GpuError, NetError, Result};
-pub use net_backend::{Conv2dSpec, NetBackend, View};
+pub use net_backend::{AdamStep, Conv2dSpec, NetBackend, View};
 pub use params::{Init, ParamBuilder, ParamStore};
 pub use unet::{Embedding, Resample, Unet, UnetConfig, UnetScore};

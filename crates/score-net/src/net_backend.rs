@@ -61,6 +61,37 @@ impl Conv2dSpec {
     }
 }
 
+/// The coefficients of one fused Adam update over the flat parameter buffer,
+/// with the learning-rate schedule, bias corrections and gradient clipping
+/// already folded in (computed by the optimiser on the host, in `f64`, then
+/// rounded to the `f32` the kernels use). Per element:
+///
+/// ```text
+/// g  = grad * grad_scale
+/// m  = beta1 * m + one_minus_beta1 * g
+/// v  = beta2 * v + one_minus_beta2 * g * g
+/// p -= step_size * m / (sqrt(v * inv_bias2) + eps)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    /// Factor applied to the gradient first (global-norm clipping; 1 = none).
+    pub grad_scale: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// `1 - beta1`, rounded once on the host.
+    pub one_minus_beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// `1 - beta2`, rounded once on the host.
+    pub one_minus_beta2: f32,
+    /// `lr / (1 - beta1^t)`.
+    pub step_size: f32,
+    /// `1 / (1 - beta2^t)`.
+    pub inv_bias2: f32,
+    /// Added to the root of the second moment.
+    pub eps: f32,
+}
+
 /// Neural-network primitives with forward and backward passes.
 pub trait NetBackend: Backend {
     /// 2-D convolution `y = conv(x, W) + b`: `x [N, C_in, H, W]`, weight view
@@ -204,4 +235,30 @@ pub trait NetBackend: Backend {
 
     /// Backward of [`NetBackend::dropout`] (the same mask applied to `dy`).
     fn dropout_backward(&self, dy: &Self::Tensor, p: f32, key: NoiseKey) -> Result<Self::Tensor>;
+
+    /// The sum of squares of every element of `x` (any shape), accumulated
+    /// with `f64` partial sums: the squared global norm for gradient clipping.
+    fn sum_squares(&self, x: &Self::Tensor) -> Result<f64>;
+
+    /// One Adam update in place over flat buffers of equal shape (see
+    /// [`AdamStep`]). `params`, `m` and `v` are written in place, so each must
+    /// be the only handle on its storage (a backend's cheap clones may share it).
+    fn adam_update(
+        &self,
+        params: &mut Self::Tensor,
+        grads: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        step: &AdamStep,
+    ) -> Result<()>;
+
+    /// Exponential moving average in place: `shadow -= one_minus_decay *
+    /// (shadow - params)` per element (shapes equal; `shadow` must be the only
+    /// handle on its storage).
+    fn ema_update(
+        &self,
+        shadow: &mut Self::Tensor,
+        params: &Self::Tensor,
+        one_minus_decay: f32,
+    ) -> Result<()>;
 }

@@ -167,6 +167,11 @@ impl<B: Backend> ParamStore<B> {
         &self.grads
     }
 
+    /// Mutable access to the parameter buffer (optimisers update it in place).
+    pub fn params_mut(&mut self) -> &mut B::Tensor {
+        &mut self.params
+    }
+
     /// Mutable access to the gradient buffer (backward passes accumulate into it).
     pub fn grads_mut(&mut self) -> &mut B::Tensor {
         &mut self.grads

@@ -3,9 +3,13 @@
 //! an exponential moving average (EMA) of the weights, all over the flat
 //! parameter buffer of `score_net::ParamStore`.
 //!
-//! The state is plain `Vec<f32>` plus counters, so it is stored in training
-//! checkpoints and restored bit for bit.
+//! The moments and the average are backend tensors (updated in place by
+//! [`NetBackend::adam_update`] / [`NetBackend::ema_update`], on the device
+//! for wgpu) plus counters; training checkpoints store them and restore them
+//! bit for bit.
 
+use score_net::{AdamStep, NetBackend};
+use sde_core::{Coef, Shape};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ensure_config, Result};
@@ -98,109 +102,101 @@ pub struct StepStats {
     pub lr: f64,
 }
 
-/// Global L2 norm of `g`, accumulated in `f64`.
-pub fn global_norm(g: &[f32]) -> f64 {
-    g.iter()
-        .map(|&v| f64::from(v) * f64::from(v))
-        .sum::<f64>()
-        .sqrt()
-}
-
-/// Adam (Kingma & Ba, with PyTorch's bias correction and `eps` placement).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Adam {
+/// Adam (Kingma & Ba, with PyTorch's bias correction and `eps` placement):
+/// the schedule and clipping are computed here, the per-element update runs
+/// on the backend ([`NetBackend::adam_update`]: a CPU loop or a WGSL kernel),
+/// so the moments stay in device memory.
+#[derive(Clone, Debug)]
+pub struct Adam<B: NetBackend> {
     /// Hyper-parameters.
     pub cfg: OptimConfig,
-    /// First-moment estimate.
-    pub m: Vec<f32>,
+    /// First-moment estimate (flat, like the parameters).
+    pub m: B::Tensor,
     /// Second-moment estimate.
-    pub v: Vec<f32>,
+    pub v: B::Tensor,
     /// Steps taken so far.
     pub step: u64,
 }
 
-impl Adam {
-    /// Fresh state for `n` parameters.
-    pub fn new(cfg: OptimConfig, n: usize) -> Result<Self> {
+impl<B: NetBackend> Adam<B> {
+    /// Fresh (zero) state for parameters of `shape`.
+    pub fn new(b: &B, cfg: OptimConfig, shape: &Shape) -> Result<Self> {
         cfg.validate()?;
         Ok(Adam {
             cfg,
-            m: vec![0.0; n],
-            v: vec![0.0; n],
+            m: b.zeros(shape)?,
+            v: b.zeros(shape)?,
             step: 0,
         })
     }
 
-    /// One update of `params` from `grads` (clipped to the global norm
-    /// `grad_clip` first). The caller checks the gradients for finiteness.
-    pub fn update(&mut self, params: &mut [f32], grads: &[f32]) -> Result<StepStats> {
-        ensure_config(
-            params.len() == self.m.len() && grads.len() == self.m.len(),
-            "optimiser state",
-            || {
-                format!(
-                    "holds {} values, got {} parameters and {} gradients",
-                    self.m.len(),
-                    params.len(),
-                    grads.len()
-                )
-            },
-        )?;
-        self.step += 1;
-        let grad_norm = global_norm(grads);
+    /// The coefficients of the next update for a gradient of global norm
+    /// `grad_norm`, and its statistics (advances nothing).
+    pub fn next_step(&self, grad_norm: f64) -> (AdamStep, StepStats) {
+        let step = self.step + 1;
         let clip_scale = if self.cfg.grad_clip >= 0.0 && grad_norm > self.cfg.grad_clip {
             // PyTorch's clip_grad_norm_ adds 1e-6 to the norm.
             self.cfg.grad_clip / (grad_norm + 1e-6)
         } else {
             1.0
         };
-        let lr = self.cfg.lr_at(self.step);
+        let lr = self.cfg.lr_at(step);
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let k = self.step as i32;
-        let bc1 = 1.0 - b1.powi(k);
-        let bc2 = 1.0 - b2.powi(k);
-        // p -= lr / bc1 * m / (sqrt(v / bc2) + eps)
-        let step_size = (lr / bc1) as f32;
-        let inv_bc2 = (1.0 / bc2) as f32;
-        let (b1f, b2f, eps, cs) = (b1 as f32, b2 as f32, self.cfg.eps as f32, clip_scale as f32);
-        for (((p, &g), m), v) in params
-            .iter_mut()
-            .zip(grads)
-            .zip(self.m.iter_mut())
-            .zip(self.v.iter_mut())
-        {
-            let g = g * cs;
-            *m = b1f * *m + (1.0 - b1f) * g;
-            *v = b2f * *v + (1.0 - b2f) * g * g;
-            *p -= step_size * *m / ((*v * inv_bc2).sqrt() + eps);
-        }
-        Ok(StepStats {
-            grad_norm,
-            clip_scale,
-            lr,
-        })
+        let k = step as i32;
+        let (b1f, b2f) = (b1 as f32, b2 as f32);
+        let coefs = AdamStep {
+            grad_scale: clip_scale as f32,
+            beta1: b1f,
+            one_minus_beta1: 1.0 - b1f,
+            beta2: b2f,
+            one_minus_beta2: 1.0 - b2f,
+            // p -= lr / bc1 * m / (sqrt(v / bc2) + eps)
+            step_size: (lr / (1.0 - b1.powi(k))) as f32,
+            inv_bias2: (1.0 / (1.0 - b2.powi(k))) as f32,
+            eps: self.cfg.eps as f32,
+        };
+        (
+            coefs,
+            StepStats {
+                grad_norm,
+                clip_scale,
+                lr,
+            },
+        )
+    }
+
+    /// One update of `params` from `grads` (clipped to the global norm
+    /// `grad_clip` first). The caller checks the gradients for finiteness.
+    /// `params` is updated in place, so it must be the only handle on its storage.
+    pub fn update(&mut self, b: &B, params: &mut B::Tensor, grads: &B::Tensor) -> Result<StepStats> {
+        let grad_norm = b.sum_squares(grads)?.sqrt();
+        let (coefs, stats) = self.next_step(grad_norm);
+        b.adam_update(params, grads, &mut self.m, &mut self.v, &coefs)?;
+        self.step += 1;
+        Ok(stats)
     }
 }
 
-/// Exponential moving average of the parameters.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Ema {
+/// Exponential moving average of the parameters (in device memory).
+#[derive(Clone, Debug)]
+pub struct Ema<B: NetBackend> {
     /// The configured rate.
     pub rate: f64,
     /// The averaged parameters.
-    pub shadow: Vec<f32>,
+    pub shadow: B::Tensor,
     /// Updates applied so far.
     pub updates: u64,
 }
 
-impl Ema {
-    /// An average starting at `params`.
-    pub fn new(rate: f64, params: &[f32]) -> Self {
-        Ema {
+impl<B: NetBackend> Ema<B> {
+    /// An average starting at (a copy of) `params`.
+    pub fn new(b: &B, rate: f64, params: &B::Tensor) -> Result<Self> {
+        Ok(Ema {
             rate,
-            shadow: params.to_vec(),
+            // A fresh buffer: the update writes the shadow in place.
+            shadow: b.scale(params, Coef::Scalar(1.0))?,
             updates: 0,
-        }
+        })
     }
 
     /// The decay used by the next update: `min(rate, (1 + n) / (10 + n))`.
@@ -210,18 +206,9 @@ impl Ema {
     }
 
     /// `shadow <- decay * shadow + (1 - decay) * params`.
-    pub fn update(&mut self, params: &[f32]) -> Result<()> {
-        ensure_config(params.len() == self.shadow.len(), "ema state", || {
-            format!(
-                "holds {} values, got {} parameters",
-                self.shadow.len(),
-                params.len()
-            )
-        })?;
+    pub fn update(&mut self, b: &B, params: &B::Tensor) -> Result<()> {
         let one_minus = (1.0 - self.next_decay()) as f32;
-        for (s, &p) in self.shadow.iter_mut().zip(params) {
-            *s -= one_minus * (*s - p);
-        }
+        b.ema_update(&mut self.shadow, params, one_minus)?;
         self.updates += 1;
         Ok(())
     }
@@ -230,6 +217,17 @@ impl Ema {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sde_core::{Backend, CpuBackend, CpuTensor};
+
+    fn t(v: &[f32]) -> CpuTensor {
+        CpuBackend
+            .tensor(v.to_vec(), &Shape::new([v.len()]).expect("shape"))
+            .expect("tensor")
+    }
+
+    fn adam(cfg: OptimConfig, n: usize) -> Result<Adam<CpuBackend>> {
+        Adam::new(&CpuBackend, cfg, &Shape::new([n]).expect("shape"))
+    }
 
     /// Adam's first step moves every coordinate by `lr` against the gradient's
     /// sign (bias correction makes `m_hat / sqrt(v_hat) = sign(g)` up to eps).
@@ -241,12 +239,14 @@ mod tests {
             grad_clip: -1.0,
             ..OptimConfig::default()
         };
-        let mut adam = Adam::new(cfg, 3).expect("valid");
-        let mut p = vec![1.0f32, 2.0, 3.0];
-        let s = adam.update(&mut p, &[0.5, -4.0, 1e-3]).expect("sizes");
+        let mut adam = adam(cfg, 3).expect("valid");
+        let mut p = t(&[1.0, 2.0, 3.0]);
+        let s = adam
+            .update(&CpuBackend, &mut p, &t(&[0.5, -4.0, 1e-3]))
+            .expect("sizes");
         assert_eq!(s.clip_scale, 1.0);
         let want = [0.99f32, 2.01, 2.99];
-        for (a, b) in p.iter().zip(want) {
+        for (a, b) in p.data().iter().zip(want) {
             assert!((a - b).abs() < 2e-5, "{a} vs {b}");
         }
     }
@@ -263,14 +263,18 @@ mod tests {
             grad_clip: 1.0,
             ema_rate: 0.9,
         };
-        let mut adam = Adam::new(cfg, 2).expect("valid");
-        let mut p = vec![0.0f32, 0.0];
+        let mut adam = adam(cfg, 2).expect("valid");
+        let mut p = t(&[0.0, 0.0]);
         // Step 1: |g| = 5 -> clipped to (0.6, 0.8) (scale 1/(5+1e-6)); lr 0.025.
-        let s1 = adam.update(&mut p, &[3.0, 4.0]).expect("sizes");
+        let s1 = adam
+            .update(&CpuBackend, &mut p, &t(&[3.0, 4.0]))
+            .expect("sizes");
         assert!((s1.grad_norm - 5.0).abs() < 1e-12);
         assert!((s1.lr - 0.025).abs() < 1e-15);
         // Step 2: g = (0.1, 0) unclipped; lr 0.05.
-        let s2 = adam.update(&mut p, &[0.1, 0.0]).expect("sizes");
+        let s2 = adam
+            .update(&CpuBackend, &mut p, &t(&[0.1, 0.0]))
+            .expect("sizes");
         assert_eq!(s2.clip_scale, 1.0);
         let g1: [f64; 2] = [3.0 / (5.0 + 1e-6), 4.0 / (5.0 + 1e-6)];
         let g2: [f64; 2] = [0.1, 0.0];
@@ -283,21 +287,24 @@ mod tests {
             let v2 = 0.99 * v1 + 0.01 * g2[i] * g2[i];
             want[i] -= 0.05 * (m2 / (1.0 - 0.81)) / ((v2 / (1.0 - 0.9801)).sqrt() + 1e-8);
         }
-        for (a, b) in p.iter().zip(want) {
+        for (a, b) in p.data().iter().zip(want) {
             assert!((f64::from(*a) - b).abs() < 1e-6, "{a} vs {b}");
         }
     }
 
     #[test]
     fn ema_follows_the_reference_decay_schedule() {
-        let mut ema = Ema::new(0.999, &[0.0]);
+        let p0 = t(&[0.0]);
+        let mut ema = Ema::new(&CpuBackend, 0.999, &p0).expect("copy");
         // Update 1: decay min(0.999, 2/11).
-        ema.update(&[1.0]).expect("sizes");
-        assert!((f64::from(ema.shadow[0]) - 9.0 / 11.0).abs() < 1e-6);
+        ema.update(&CpuBackend, &t(&[1.0])).expect("sizes");
+        assert!((f64::from(ema.shadow.data()[0]) - 9.0 / 11.0).abs() < 1e-6);
+        // The shadow is a copy: the parameters it started from are untouched.
+        assert_eq!(p0.data(), &[0.0]);
         // Far along, the configured rate caps the decay.
         ema.updates = 1_000_000;
         assert_eq!(ema.next_decay(), 0.999);
-        assert!(ema.update(&[1.0, 2.0]).is_err());
+        assert!(ema.update(&CpuBackend, &t(&[1.0, 2.0])).is_err());
     }
 
     #[test]
@@ -316,7 +323,7 @@ mod tests {
                 ..OptimConfig::default()
             },
         ] {
-            assert!(Adam::new(cfg, 1).is_err());
+            assert!(adam(cfg, 1).is_err());
         }
     }
 }

@@ -220,9 +220,9 @@ pub struct Trainer<B: NetBackend> {
     /// The score model (current, not averaged, parameters).
     pub model: UnetScore<B, AnySde>,
     /// Adam's state.
-    pub adam: Adam,
+    pub adam: Adam<B>,
     /// The EMA of the parameters.
-    pub ema: Ema,
+    pub ema: Ema<B>,
     /// The loop position.
     pub state: TrainState,
     /// The configuration.
@@ -255,9 +255,9 @@ impl<B: NetBackend> Trainer<B> {
         let sde = cfg.validate()?;
         check_image_shape(&cfg.net, image_shape)?;
         let model = UnetScore::new(&backend, &cfg.net, image_shape[1], sde, cfg.seed)?;
-        let params = backend.to_vec(model.store.params())?;
-        let adam = Adam::new(cfg.optim.clone(), params.len())?;
-        let ema = Ema::new(cfg.optim.ema_rate, &params);
+        let pshape = backend.shape(model.store.params()).clone();
+        let adam = Adam::new(&backend, cfg.optim.clone(), &pshape)?;
+        let ema = Ema::new(&backend, cfg.optim.ema_rate, model.store.params())?;
         let state = TrainState {
             step: 0,
             // A stream family distinct from the initialisation's.
@@ -340,19 +340,17 @@ impl<B: NetBackend> Trainer<B> {
                 loss,
             });
         }
-        let g = b.to_vec(&grads)?;
-        if g.iter().any(|v| !v.is_finite()) {
+        if b.check_finite(&grads, "gradient").is_err() {
             return Err(TrainError::NonFinite {
                 step,
                 what: "gradient",
                 loss,
             });
         }
-        let mut params = b.to_vec(self.model.store.params())?;
-        let stats = self.adam.update(&mut params, &g)?;
-        self.ema.update(&params)?;
-        let pshape = b.shape(self.model.store.params()).clone();
-        self.model.store.set_params(b, b.tensor(params, &pshape)?)?;
+        let stats = self
+            .adam
+            .update(b, self.model.store.params_mut(), &grads)?;
+        self.ema.update(b, self.model.store.params())?;
         self.state.step = step;
         Ok(StepReport {
             step,
@@ -442,6 +440,9 @@ impl<B: NetBackend> Trainer<B> {
     pub fn save(&self, run_dir: &Path) -> Result<PathBuf> {
         let b = &self.backend;
         let params = b.to_vec(self.model.store.params())?;
+        let ema = b.to_vec(&self.ema.shadow)?;
+        let adam_m = b.to_vec(&self.adam.m)?;
+        let adam_v = b.to_vec(&self.adam.v)?;
         let layout: Vec<(String, score_net::View)> = self
             .model
             .store
@@ -461,9 +462,9 @@ impl<B: NetBackend> Trainer<B> {
             &layout,
             &[
                 ("params", &params),
-                ("ema", &self.ema.shadow),
-                ("adam.m", &self.adam.m),
-                ("adam.v", &self.adam.v),
+                ("ema", &ema),
+                ("adam.m", &adam_m),
+                ("adam.v", &adam_v),
             ],
             StorageDtype::F32,
             &extra,
@@ -492,10 +493,10 @@ impl<B: NetBackend> Trainer<B> {
         t.model
             .store
             .set_params(b, b.tensor(params.to_vec(), &shape)?)?;
-        t.ema.shadow = ck.buffer("ema")?.to_vec();
+        t.ema.shadow = b.tensor(ck.buffer("ema")?.to_vec(), &shape)?;
         t.ema.updates = ck.ema_updates;
-        t.adam.m = ck.buffer("adam.m")?.to_vec();
-        t.adam.v = ck.buffer("adam.v")?.to_vec();
+        t.adam.m = b.tensor(ck.buffer("adam.m")?.to_vec(), &shape)?;
+        t.adam.v = b.tensor(ck.buffer("adam.v")?.to_vec(), &shape)?;
         t.adam.step = ck.adam_step;
         t.state = ck.state;
         t.extra = ck

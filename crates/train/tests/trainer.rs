@@ -119,9 +119,9 @@ impl TrainObserver for Recorder {
 fn state_of(t: &Trainer<CpuBackend>) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     (
         t.backend.to_vec(t.model.store.params()).unwrap(),
-        t.ema.shadow.clone(),
-        t.adam.m.clone(),
-        t.adam.v.clone(),
+        t.ema.shadow.data().to_vec(),
+        t.adam.m.data().to_vec(),
+        t.adam.v.data().to_vec(),
     )
 }
 

@@ -8,11 +8,12 @@
 
 pub mod conv;
 pub mod ops;
+pub mod optim;
 
 use sde_core::{CpuBackend, CpuTensor, NoiseKey};
 
 use crate::error::NetError;
-use crate::{Conv2dSpec, NetBackend, Result, View};
+use crate::{AdamStep, Conv2dSpec, NetBackend, Result, View};
 
 /// The elements of `view` in the flat parameter tensor.
 pub fn view_slice<'a>(params: &'a CpuTensor, view: &View) -> Result<&'a [f32]> {
@@ -199,5 +200,29 @@ impl NetBackend for CpuBackend {
 
     fn dropout_backward(&self, dy: &CpuTensor, p: f32, key: NoiseKey) -> Result<CpuTensor> {
         ops::dropout(dy, p, key)
+    }
+
+    fn sum_squares(&self, x: &CpuTensor) -> Result<f64> {
+        Ok(optim::sum_squares(x))
+    }
+
+    fn adam_update(
+        &self,
+        params: &mut CpuTensor,
+        grads: &CpuTensor,
+        m: &mut CpuTensor,
+        v: &mut CpuTensor,
+        step: &AdamStep,
+    ) -> Result<()> {
+        optim::adam_update(params, grads, m, v, step)
+    }
+
+    fn ema_update(
+        &self,
+        shadow: &mut CpuTensor,
+        params: &CpuTensor,
+        one_minus_decay: f32,
+    ) -> Result<()> {
+        optim::ema_update(shadow, params, one_minus_decay)
     }
 }

@@ -176,7 +176,7 @@ impl WgpuBackend {
     }
 
     /// Runs a reduction kernel and returns the per-sample sums (partials added in `f64`).
-    fn reduce(
+    pub(crate) fn reduce(
         &self,
         kernel: &'static str,
         shape: &Shape,

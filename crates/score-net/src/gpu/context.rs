@@ -486,7 +486,9 @@ impl GpuContext {
     /// joins the pool when dropped).
     pub fn pooled_from(&self, label: &str, contents: &[u8]) -> Result<PooledBuffer, GpuError> {
         self.check_binding_size(label, contents.len() as u64)?;
-        let class = (contents.len() as u64).max(4).next_multiple_of(POOL_GRANULE);
+        let class = (contents.len() as u64)
+            .max(4)
+            .next_multiple_of(POOL_GRANULE);
         let buffer = self
             .device
             .create_buffer(&Self::storage_desc(label, class, true));
@@ -682,8 +684,7 @@ impl GpuContext {
         // Hold the pending lock from reserving the uniform slot to recording,
         // so the slot belongs to the encoder the dispatch goes into.
         let mut pending = lock(&self.pending);
-        if uses_uniform
-            && pending.uniforms.len() as u64 + params.len() as u64 > UNIFORM_ARENA_BYTES
+        if uses_uniform && pending.uniforms.len() as u64 + params.len() as u64 > UNIFORM_ARENA_BYTES
         {
             self.submit_pending(&mut pending);
         }

@@ -9,6 +9,9 @@ use super::context::{BindingKind, BindingSpec, KernelSpec};
 /// The source of `shaders/elementwise.wgsl`.
 pub const ELEMENTWISE_WGSL: &str = include_str!("../../../../shaders/elementwise.wgsl");
 
+/// The source of `shaders/optim.wgsl`.
+pub const OPTIM_WGSL: &str = include_str!("../../../../shaders/optim.wgsl");
+
 /// The source of `shaders/reduce.wgsl`.
 pub const REDUCE_WGSL: &str = include_str!("../../../../shaders/reduce.wgsl");
 
@@ -18,6 +21,7 @@ pub const RNG_WGSL: &str = include_str!("../../../../shaders/rng.wgsl");
 /// Every WGSL file: (file name, source).
 pub const SHADER_FILES: &[(&str, &str)] = &[
     ("elementwise.wgsl", ELEMENTWISE_WGSL),
+    ("optim.wgsl", OPTIM_WGSL),
     ("reduce.wgsl", REDUCE_WGSL),
     ("rng.wgsl", RNG_WGSL),
 ];
@@ -158,6 +162,56 @@ pub const KERNELS: &[KernelSpec] = &[
             BindingSpec {
                 binding: 6,
                 kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "adam_update",
+        file: "optim.wgsl",
+        entry: "adam_update",
+        source: OPTIM_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageReadWrite,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 3,
+                kind: BindingKind::StorageReadWrite,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "ema_update",
+        file: "optim.wgsl",
+        entry: "ema_update",
+        source: OPTIM_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 5,
+                kind: BindingKind::StorageReadWrite,
+            },
+            BindingSpec {
+                binding: 6,
+                kind: BindingKind::StorageRead,
             },
         ],
     },

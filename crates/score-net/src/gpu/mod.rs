@@ -19,7 +19,9 @@ pub mod net;
 pub mod tensor;
 
 pub use backend::WgpuBackend;
-pub use context::{BindingKind, BindingSpec, BufferPool, GpuContext, KernelSpec, PoolStats, PooledBuffer};
+pub use context::{
+    BindingKind, BindingSpec, BufferPool, GpuContext, KernelSpec, PoolStats, PooledBuffer,
+};
 pub use tensor::WgpuTensor;
 /// The `wgpu` crate this backend is built on (for adapters, limits and backends).
 pub use wgpu;
@@ -57,10 +59,10 @@ mod tests {
         assert_eq!(KERNELS.len(), entry_points, "stale kernel table");
         assert_eq!(
             KERNELS.len(),
-            11,
+            13,
             "kernel count (update when adding kernels)"
         );
-        assert_eq!(SHADER_FILES.len(), 3);
+        assert_eq!(SHADER_FILES.len(), 4);
     }
 
     /// Kernel names are unique, and every kernel has at most one uniform (binding 0).

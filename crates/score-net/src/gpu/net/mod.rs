@@ -4,7 +4,9 @@
 //!   implicit GEMMs (`shaders/gemm.wgsl`);
 //! - [`ops`]: group norm, SiLU, resampling, channel concatenation, channel
 //!   bias, token layout, attention and dropout (`shaders/net_ops.wgsl`,
-//!   dropout in `shaders/rng.wgsl` beside the Philox stream it shares).
+//!   dropout in `shaders/rng.wgsl` beside the Philox stream it shares);
+//! - [`optim`]: Adam, the parameter EMA and the squared global norm
+//!   (`shaders/optim.wgsl`).
 //!
 //! The plain-Rust reference of every kernel is the CPU implementation in
 //! [`crate::cpu`]; `tests/gpu_net_*.rs` compare the two on random inputs.
@@ -12,12 +14,13 @@
 
 pub mod gemm;
 pub mod ops;
+pub mod optim;
 
 use sde_core::NoiseKey;
 
 use super::{WgpuBackend, WgpuTensor};
 use crate::error::NetError;
-use crate::{Conv2dSpec, NetBackend, Result, View};
+use crate::{AdamStep, Conv2dSpec, NetBackend, Result, View};
 
 /// Checks that `view` lies inside the flat buffer `params` (parameters or
 /// gradients) and returns its `(offset, numel)` as the kernels index them.
@@ -179,5 +182,29 @@ impl NetBackend for WgpuBackend {
 
     fn dropout_backward(&self, dy: &WgpuTensor, p: f32, key: NoiseKey) -> Result<WgpuTensor> {
         ops::dropout(self, dy, p, key)
+    }
+
+    fn sum_squares(&self, x: &WgpuTensor) -> Result<f64> {
+        optim::sum_squares(self, x)
+    }
+
+    fn adam_update(
+        &self,
+        params: &mut WgpuTensor,
+        grads: &WgpuTensor,
+        m: &mut WgpuTensor,
+        v: &mut WgpuTensor,
+        step: &AdamStep,
+    ) -> Result<()> {
+        optim::adam_update(self, params, grads, m, v, step)
+    }
+
+    fn ema_update(
+        &self,
+        shadow: &mut WgpuTensor,
+        params: &WgpuTensor,
+        one_minus_decay: f32,
+    ) -> Result<()> {
+        optim::ema_update(self, shadow, params, one_minus_decay)
     }
 }
