@@ -45,7 +45,8 @@ fn adam_and_ema_match_the_cpu_over_several_steps() {
         for t in 1..=5 {
             let grads: CpuTensor = randn(&[n], 10 + t as u64, 3.0);
             let s = step(t, if t % 2 == 0 { 0.25 } else { 1.0 });
-            c.adam_update(&mut pc, &grads, &mut mc, &mut vc, &s).unwrap();
+            c.adam_update(&mut pc, &grads, &mut mc, &mut vc, &s)
+                .unwrap();
             g.adam_update(&mut pg, &up(&grads), &mut mg, &mut vg, &s)
                 .unwrap();
             c.ema_update(&mut ec, &pc, 0.2).unwrap();

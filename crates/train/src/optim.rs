@@ -168,7 +168,12 @@ impl<B: NetBackend> Adam<B> {
     /// One update of `params` from `grads` (clipped to the global norm
     /// `grad_clip` first). The caller checks the gradients for finiteness.
     /// `params` is updated in place, so it must be the only handle on its storage.
-    pub fn update(&mut self, b: &B, params: &mut B::Tensor, grads: &B::Tensor) -> Result<StepStats> {
+    pub fn update(
+        &mut self,
+        b: &B,
+        params: &mut B::Tensor,
+        grads: &B::Tensor,
+    ) -> Result<StepStats> {
         let grad_norm = b.sum_squares(grads)?.sqrt();
         let (coefs, stats) = self.next_step(grad_norm);
         b.adam_update(params, grads, &mut self.m, &mut self.v, &coefs)?;

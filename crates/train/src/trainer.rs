@@ -347,9 +347,7 @@ impl<B: NetBackend> Trainer<B> {
                 loss,
             });
         }
-        let stats = self
-            .adam
-            .update(b, self.model.store.params_mut(), &grads)?;
+        let stats = self.adam.update(b, self.model.store.params_mut(), &grads)?;
         self.ema.update(b, self.model.store.params())?;
         self.state.step = step;
         Ok(StepReport {
