@@ -151,9 +151,9 @@ fn group_norm_fwd(
     let c0 = (slot % p.d0) * cg;
     for (var i = lid; i < gs; i = i + WG) {
         let c = c0 + i / hw;
-        let scale = st.y * y[p.d3 + c];
-        let shift = y[p.d4 + c] - st.x * scale;
-        out[base + i] = x[base + i] * scale + shift;
+        // (x - mean) first: the CPU's f64 form x * scale + (beta - mean *
+        // scale) would cancel catastrophically in f32 when |mean| * rstd is large.
+        out[base + i] = (x[base + i] - st.x) * (st.y * y[p.d3 + c]) + y[p.d4 + c];
     }
 }
 
