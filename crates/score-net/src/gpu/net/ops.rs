@@ -415,10 +415,11 @@ fn matmul(
 }
 
 /// Samples per attention chunk so that one `[chunk, L, L]` scratch buffer
-/// stays within [`SCORES_BUDGET_BYTES`] (at least one sample).
-fn attention_chunk(n: usize, l: usize) -> usize {
+/// stays within [`SCORES_BUDGET_BYTES`] and `max_chunk` (at least one sample).
+fn attention_chunk(n: usize, l: usize, max_chunk: Option<usize>) -> usize {
     let per_sample = (l * l * 4) as u64;
-    ((SCORES_BUDGET_BYTES / per_sample) as usize).clamp(1, n)
+    let fit = (SCORES_BUDGET_BYTES / per_sample) as usize;
+    fit.min(max_chunk.unwrap_or(n)).clamp(1, n)
 }
 
 /// Overwrites the `[rows, l]` scores in `s` with their row softmax.
@@ -464,11 +465,24 @@ pub fn attention(
     k: &WgpuTensor,
     v: &WgpuTensor,
 ) -> Result<WgpuTensor> {
+    attention_chunked(be, q, k, v, None)
+}
+
+/// [`attention`] processing at most `max_chunk` samples per `[chunk, L, L]`
+/// scratch buffer (`None`: as many as fit [`SCORES_BUDGET_BYTES`]); the
+/// result does not depend on the chunking.
+pub fn attention_chunked(
+    be: &WgpuBackend,
+    q: &WgpuTensor,
+    k: &WgpuTensor,
+    v: &WgpuTensor,
+    max_chunk: Option<usize>,
+) -> Result<WgpuTensor> {
     const OP: &str = "attention";
     let (n, l, c) = attention_check(q.shape(), k.shape(), v.shape(), OP)?;
     let scale = 1.0 / (c as f32).sqrt();
     let (out, _) = be.output(OP, q.shape())?;
-    let chunk = attention_chunk(n, l);
+    let chunk = attention_chunk(n, l, max_chunk);
     let p = be
         .context()
         .storage_buffer("attention weights", (chunk * l * l * 4) as u64)?;
@@ -497,6 +511,19 @@ pub fn attention_backward(
     v: &WgpuTensor,
     dy: &WgpuTensor,
 ) -> Result<(WgpuTensor, WgpuTensor, WgpuTensor)> {
+    attention_backward_chunked(be, q, k, v, dy, None)
+}
+
+/// [`attention_backward`] processing at most `max_chunk` samples per
+/// scratch buffer, as [`attention_chunked`].
+pub fn attention_backward_chunked(
+    be: &WgpuBackend,
+    q: &WgpuTensor,
+    k: &WgpuTensor,
+    v: &WgpuTensor,
+    dy: &WgpuTensor,
+    max_chunk: Option<usize>,
+) -> Result<(WgpuTensor, WgpuTensor, WgpuTensor)> {
     const OP: &str = "attention_backward";
     let (n, l, c) = attention_check(q.shape(), k.shape(), v.shape(), OP)?;
     check_same_shape(OP, q.shape(), dy.shape())?;
@@ -505,7 +532,7 @@ pub fn attention_backward(
     let (dk, _) = be.output(OP, q.shape())?;
     let (dv, _) = be.output(OP, q.shape())?;
     let ctx = be.context();
-    let chunk = attention_chunk(n, l);
+    let chunk = attention_chunk(n, l, max_chunk);
     let bytes = (chunk * l * l * 4) as u64;
     let p = ctx.storage_buffer("attention weights", bytes)?;
     let ds = ctx.storage_buffer("attention weight gradients", bytes)?;
