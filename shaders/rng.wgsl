@@ -9,7 +9,11 @@
 // (-1 when the top bit is set, bit-exact), `rng_gaussian` (Box–Muller on
 // lanes (0, 1) and (2, 3): r = sqrt(max(0, -2 ln u1)), theta = pi (2 u2 - 1),
 // r cos theta for the even lane, r sin theta for the odd one; equal to the CPU
-// up to the accuracy of the platform's log/sqrt/sin/cos).
+// up to the accuracy of the platform's log/sqrt/sin/cos), `dropout`
+// (inverted dropout of `src`: element i is zeroed when its uniform is
+// < drop_p, else multiplied by keep_scale = 1 / (1 - drop_p) as computed on
+// the host; bit-identical to `score_net::cpu::ops::dropout`, which is also
+// the backward pass when applied to dy).
 //
 // WGSL has no 64-bit integers: the 32x32 -> 64-bit product is assembled from
 // 16-bit halves. Tensors hold fewer than 2^32 elements, so the block index
@@ -22,8 +26,10 @@ struct Params {
     seed_hi: u32,
     stream_lo: u32,
     stream_hi: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // dropout: the drop probability (the fills leave it 0).
+    drop_p: f32,
+    // dropout: the factor of kept elements, 1 / (1 - drop_p) in f32.
+    keep_scale: f32,
     _pad2: u32,
 }
 
@@ -35,6 +41,8 @@ const PI: f32 = 3.1415927;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
+// dropout: the input.
+@group(0) @binding(2) var<storage, read> src: array<f32>;
 
 // (hi, lo) words of the 64-bit product a * b.
 fn mulhilo(a: u32, b: u32) -> vec2<u32> {
@@ -126,4 +134,24 @@ fn rng_gaussian(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let g01 = box_muller(unit(x.x), unit(x.y));
     let g23 = box_muller(unit(x.z), unit(x.w));
     store4(t, vec4<f32>(g01.x, g01.y, g23.x, g23.y));
+}
+
+@compute @workgroup_size(256)
+fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = block_index(gid, nwg);
+    if (4u * t >= p.n) {
+        return;
+    }
+    let x = block(t);
+    let base = 4u * t;
+    for (var lane = 0u; lane < 4u; lane = lane + 1u) {
+        let i = base + lane;
+        if (i < p.n) {
+            if (unit(x[lane]) < p.drop_p) {
+                out[i] = 0.0;
+            } else {
+                out[i] = src[i] * p.keep_scale;
+            }
+        }
+    }
 }

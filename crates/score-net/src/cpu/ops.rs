@@ -7,12 +7,16 @@
 //! `[N, L, C]`, row-major. Statistics and reductions accumulate in `f64`.
 //! Work is split over the batch with rayon once a tensor is large enough to
 //! pay for the threading; bad shapes and views give typed errors, never panics.
+//!
+//! The argument checks work on [`Shape`]s and are `pub(crate)`: the wgpu
+//! backend ([`crate::gpu::net::ops`]) calls the same functions, so a wrong
+//! shape is the same typed error on both backends.
 
 use rayon::prelude::*;
 use sde_core::rng::u32_to_unit_f32;
-use sde_core::{CpuTensor, NoiseKey};
+use sde_core::{CpuTensor, NoiseKey, Shape};
 
-use super::{dims, tensor, view_slice, view_slice_mut};
+use super::{tensor, view_slice, view_slice_mut};
 use crate::error::{ensure_shape, NetError};
 use crate::{Result, View};
 
@@ -39,13 +43,29 @@ where
 
 /// Checks that `a` and `b` have the same shape.
 fn same_shape(op: &'static str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
-    ensure_shape(a.shape() == b.shape(), op, || {
-        format!("shapes {} and {} differ", a.shape(), b.shape())
-    })
+    check_same_shape(op, a.shape(), b.shape())
+}
+
+/// Checks that shapes `a` and `b` are equal.
+pub(crate) fn check_same_shape(op: &'static str, a: &Shape, b: &Shape) -> Result<()> {
+    ensure_shape(a == b, op, || format!("shapes {a} and {b} differ"))
+}
+
+/// The dimensions of `shape`, checked to have rank `rank`.
+pub(crate) fn rank_dims<'a>(
+    shape: &'a Shape,
+    rank: usize,
+    op: &'static str,
+) -> Result<&'a [usize]> {
+    let d = shape.dims();
+    ensure_shape(d.len() == rank, op, || {
+        format!("expected a rank-{rank} tensor, got shape {shape}")
+    })?;
+    Ok(d)
 }
 
 /// Checks that `view` has exactly `c` elements (a per-channel parameter).
-fn channel_view(view: &View, c: usize, what: &str) -> Result<()> {
+pub(crate) fn channel_view(view: &View, c: usize, what: &str) -> Result<()> {
     if view.numel() == c {
         Ok(())
     } else {
@@ -62,20 +82,26 @@ fn channel_view(view: &View, c: usize, what: &str) -> Result<()> {
 
 /// The dimensions of a rank-4 image tensor, each at least 1.
 fn image_dims(x: &CpuTensor, op: &'static str) -> Result<[usize; 4]> {
-    let d = dims(x, 4, op)?;
+    image_shape(x.shape(), op)
+}
+
+/// The dimensions of a rank-4 image shape `[N, C, H, W]`.
+pub(crate) fn image_shape(shape: &Shape, op: &'static str) -> Result<[usize; 4]> {
+    let d = rank_dims(shape, 4, op)?;
     Ok([d[0], d[1], d[2], d[3]])
 }
 
-/// Validates the group-norm arguments; returns `[N, C, H, W]`.
-fn group_norm_check(
-    x: &CpuTensor,
+/// Validates the group-norm arguments for input shape `x` (the per-channel
+/// view sizes; not whether the views fit the buffers); returns `[N, C, H, W]`.
+pub(crate) fn group_norm_check(
+    x: &Shape,
     gamma: &View,
     beta: &View,
     groups: usize,
     eps: f32,
     op: &'static str,
 ) -> Result<[usize; 4]> {
-    let d = image_dims(x, op)?;
+    let d = image_shape(x, op)?;
     let c = d[1];
     ensure_shape(groups > 0 && c % groups == 0, op, || {
         format!("{c} channels cannot be split into {groups} groups")
@@ -119,7 +145,7 @@ pub fn group_norm(
     eps: f32,
 ) -> Result<CpuTensor> {
     const OP: &str = "group_norm";
-    let [n, c, h, w] = group_norm_check(x, gamma, beta, groups, eps, OP)?;
+    let [n, c, h, w] = group_norm_check(x.shape(), gamma, beta, groups, eps, OP)?;
     let g = view_slice(params, gamma)?;
     let b = view_slice(params, beta)?;
     let hw = h * w;
@@ -156,7 +182,7 @@ pub fn group_norm_backward(
     grads: &mut CpuTensor,
 ) -> Result<CpuTensor> {
     const OP: &str = "group_norm_backward";
-    let [n, c, h, w] = group_norm_check(x, gamma, beta, groups, eps, OP)?;
+    let [n, c, h, w] = group_norm_check(x.shape(), gamma, beta, groups, eps, OP)?;
     same_shape(OP, x, dy)?;
     let g = view_slice(params, gamma)?;
     // Check the gradient views before doing the work.
@@ -290,18 +316,18 @@ pub fn upsample_nearest2x(x: &CpuTensor) -> Result<CpuTensor> {
     tensor(out, &[n, c, h2, w2])
 }
 
-/// Checks that the spatial size of `x` is even; returns `[N, C, H, W]`.
-fn even_image_dims(x: &CpuTensor, op: &'static str) -> Result<[usize; 4]> {
-    let d = image_dims(x, op)?;
+/// Checks that the image shape `x` has an even height and width; returns `[N, C, H, W]`.
+pub(crate) fn even_image_dims(x: &Shape, op: &'static str) -> Result<[usize; 4]> {
+    let d = image_shape(x, op)?;
     ensure_shape(d[2] % 2 == 0 && d[3] % 2 == 0, op, || {
-        format!("needs an even height and width, got shape {}", x.shape())
+        format!("needs an even height and width, got shape {x}")
     })?;
     Ok(d)
 }
 
 /// Sums of the 2x2 blocks of `[N, C, H, W]` (H, W even), times `scale`.
 fn block_sum(x: &CpuTensor, scale: f32, op: &'static str) -> Result<CpuTensor> {
-    let [n, c, h, w] = even_image_dims(x, op)?;
+    let [n, c, h, w] = even_image_dims(x.shape(), op)?;
     let xd = x.data();
     let (ho, wo) = (h / 2, w / 2);
     let mut out = vec![0.0f32; xd.len() / 4];
@@ -350,18 +376,20 @@ fn rename_shape_error(e: NetError, op: &'static str) -> NetError {
     }
 }
 
+/// Validates the inputs of [`concat_channels`]; returns `[N, Ca, Cb, H, W]`.
+pub(crate) fn concat_check(a: &Shape, b: &Shape) -> Result<[usize; 5]> {
+    const OP: &str = "concat_channels";
+    let [n, ca, h, w] = image_shape(a, OP)?;
+    let [nb, cb, hb, wb] = image_shape(b, OP)?;
+    ensure_shape(n == nb && h == hb && w == wb, OP, || {
+        format!("shapes {a} and {b} differ outside the channels")
+    })?;
+    Ok([n, ca, cb, h, w])
+}
+
 /// Concatenation along channels: `a [N, Ca, H, W] ++ b [N, Cb, H, W]`.
 pub fn concat_channels(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-    const OP: &str = "concat_channels";
-    let [n, ca, h, w] = image_dims(a, OP)?;
-    let [nb, cb, hb, wb] = image_dims(b, OP)?;
-    ensure_shape(n == nb && h == hb && w == wb, OP, || {
-        format!(
-            "shapes {} and {} differ outside the channels",
-            a.shape(),
-            b.shape()
-        )
-    })?;
+    let [n, ca, cb, h, w] = concat_check(a.shape(), b.shape())?;
     let (sa, sb) = (ca * h * w, cb * h * w);
     let mut out = Vec::with_capacity(n * (sa + sb));
     for (xa, xb) in a.data().chunks_exact(sa).zip(b.data().chunks_exact(sb)) {
@@ -371,14 +399,20 @@ pub fn concat_channels(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
     tensor(out, &[n, ca + cb, h, w])
 }
 
-/// Backward of [`concat_channels`]: splits `dy [N, C, H, W]` into its first
-/// `ca` channels and the rest (`0 < ca < C`).
-pub fn split_channels(dy: &CpuTensor, ca: usize) -> Result<(CpuTensor, CpuTensor)> {
+/// Validates the arguments of [`split_channels`]; returns `[N, C, H, W]` of `dy`.
+pub(crate) fn split_check(dy: &Shape, ca: usize) -> Result<[usize; 4]> {
     const OP: &str = "split_channels";
-    let [n, c, h, w] = image_dims(dy, OP)?;
+    let [n, c, h, w] = image_shape(dy, OP)?;
     ensure_shape(ca > 0 && ca < c, OP, || {
         format!("cannot split {c} channels after {ca} (both parts need at least one)")
     })?;
+    Ok([n, c, h, w])
+}
+
+/// Backward of [`concat_channels`]: splits `dy [N, C, H, W]` into its first
+/// `ca` channels and the rest (`0 < ca < C`).
+pub fn split_channels(dy: &CpuTensor, ca: usize) -> Result<(CpuTensor, CpuTensor)> {
+    let [n, c, h, w] = split_check(dy.shape(), ca)?;
     let cb = c - ca;
     let (sa, sb) = (ca * h * w, cb * h * w);
     let mut a = Vec::with_capacity(n * sa);
@@ -391,18 +425,20 @@ pub fn split_channels(dy: &CpuTensor, ca: usize) -> Result<(CpuTensor, CpuTensor
     Ok((tensor(a, &[n, ca, h, w])?, tensor(b, &[n, cb, h, w])?))
 }
 
+/// Validates the inputs of [`add_channel_bias`]; returns `[N, C, H, W]` of `x`.
+pub(crate) fn channel_bias_check(x: &Shape, v: &Shape) -> Result<[usize; 4]> {
+    const OP: &str = "add_channel_bias";
+    let [n, c, h, w] = image_shape(x, OP)?;
+    let vd = rank_dims(v, 2, OP)?;
+    ensure_shape(vd == [n, c], OP, || {
+        format!("bias shape {v} does not match [N, C] = [{n}, {c}] of {x}")
+    })?;
+    Ok([n, c, h, w])
+}
+
 /// `x [N, C, H, W] + v [N, C]`, `v` broadcast over the pixels.
 pub fn add_channel_bias(x: &CpuTensor, v: &CpuTensor) -> Result<CpuTensor> {
-    const OP: &str = "add_channel_bias";
-    let [n, c, h, w] = image_dims(x, OP)?;
-    let vd = dims(v, 2, OP)?;
-    ensure_shape(vd == [n, c], OP, || {
-        format!(
-            "bias shape {} does not match [N, C] = [{n}, {c}] of {}",
-            v.shape(),
-            x.shape()
-        )
-    })?;
+    let [n, c, h, w] = channel_bias_check(x.shape(), v.shape())?;
     let hw = h * w;
     let xd = x.data();
     let vv = v.data();
@@ -448,14 +484,20 @@ pub fn to_tokens(x: &CpuTensor) -> Result<CpuTensor> {
     tensor(transpose_samples(x.data(), c, h * w), &[n, h * w, c])
 }
 
-/// `[N, H*W, C] -> [N, C, H, W]` (inverse of [`to_tokens`]).
-pub fn from_tokens(x: &CpuTensor, h: usize, w: usize) -> Result<CpuTensor> {
+/// Validates the arguments of [`from_tokens`]; returns `[N, L, C]`.
+pub(crate) fn from_tokens_check(x: &Shape, h: usize, w: usize) -> Result<[usize; 3]> {
     const OP: &str = "from_tokens";
-    let d = dims(x, 3, OP)?;
+    let d = rank_dims(x, 3, OP)?;
     let (n, l, c) = (d[0], d[1], d[2]);
     ensure_shape(h > 0 && w > 0 && h * w == l, OP, || {
         format!("{l} tokens do not form a {h}x{w} image")
     })?;
+    Ok([n, l, c])
+}
+
+/// `[N, H*W, C] -> [N, C, H, W]` (inverse of [`to_tokens`]).
+pub fn from_tokens(x: &CpuTensor, h: usize, w: usize) -> Result<CpuTensor> {
+    let [n, l, c] = from_tokens_check(x.shape(), h, w)?;
     tensor(transpose_samples(x.data(), l, c), &[n, c, h, w])
 }
 
@@ -466,11 +508,21 @@ fn attention_dims(
     v: &CpuTensor,
     op: &'static str,
 ) -> Result<(usize, usize, usize)> {
-    let d = dims(q, 3, op)?;
-    dims(k, 3, op)?;
-    dims(v, 3, op)?;
-    same_shape(op, q, k)?;
-    same_shape(op, q, v)?;
+    attention_check(q.shape(), k.shape(), v.shape(), op)
+}
+
+/// Validates the shapes of attention's `q`, `k`, `v`; returns `(N, L, C)`.
+pub(crate) fn attention_check(
+    q: &Shape,
+    k: &Shape,
+    v: &Shape,
+    op: &'static str,
+) -> Result<(usize, usize, usize)> {
+    let d = rank_dims(q, 3, op)?;
+    rank_dims(k, 3, op)?;
+    rank_dims(v, 3, op)?;
+    check_same_shape(op, q, k)?;
+    check_same_shape(op, q, v)?;
     Ok((d[0], d[1], d[2]))
 }
 
@@ -595,6 +647,19 @@ pub fn attention_backward(
     Ok((tensor(dq, &d)?, tensor(dk, &d)?, tensor(dv, &d)?))
 }
 
+/// Checks dropout's drop probability `p` lies in `[0, 1)`.
+pub(crate) fn dropout_check(p: f32) -> Result<()> {
+    if p.is_finite() && (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(NetError::Config {
+            field: "dropout.p",
+            value: p.to_string(),
+            reason: "the drop probability must lie in [0, 1)".into(),
+        })
+    }
+}
+
 /// Elements per parallel dropout chunk (a multiple of 4, the Philox block size).
 const DROPOUT_CHUNK: usize = 1 << 14;
 
@@ -603,13 +668,7 @@ const DROPOUT_CHUNK: usize = 1 << 14;
 /// is `< p`, the others scaled by `1/(1-p)`. `p = 0` returns `x` unchanged.
 /// Applied to `dy` with the same key, it is also the backward pass.
 pub fn dropout(x: &CpuTensor, p: f32, key: NoiseKey) -> Result<CpuTensor> {
-    if !(p.is_finite() && (0.0..1.0).contains(&p)) {
-        return Err(NetError::Config {
-            field: "dropout.p",
-            value: p.to_string(),
-            reason: "the drop probability must lie in [0, 1)".into(),
-        });
-    }
+    dropout_check(p)?;
     if p == 0.0 {
         return Ok(x.clone());
     }

@@ -9,6 +9,9 @@ use super::context::{BindingKind, BindingSpec, KernelSpec};
 /// The source of `shaders/elementwise.wgsl`.
 pub const ELEMENTWISE_WGSL: &str = include_str!("../../../../shaders/elementwise.wgsl");
 
+/// The source of `shaders/net_ops.wgsl`.
+pub const NET_OPS_WGSL: &str = include_str!("../../../../shaders/net_ops.wgsl");
+
 /// The source of `shaders/optim.wgsl`.
 pub const OPTIM_WGSL: &str = include_str!("../../../../shaders/optim.wgsl");
 
@@ -21,6 +24,7 @@ pub const RNG_WGSL: &str = include_str!("../../../../shaders/rng.wgsl");
 /// Every WGSL file: (file name, source).
 pub const SHADER_FILES: &[(&str, &str)] = &[
     ("elementwise.wgsl", ELEMENTWISE_WGSL),
+    ("net_ops.wgsl", NET_OPS_WGSL),
     ("optim.wgsl", OPTIM_WGSL),
     ("reduce.wgsl", REDUCE_WGSL),
     ("rng.wgsl", RNG_WGSL),
@@ -157,6 +161,349 @@ pub const KERNELS: &[KernelSpec] = &[
             },
             BindingSpec {
                 binding: 3,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 6,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "group_norm_fwd",
+        file: "net_ops.wgsl",
+        entry: "group_norm_fwd",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "group_norm_bwd",
+        file: "net_ops.wgsl",
+        entry: "group_norm_bwd",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 3,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+            BindingSpec {
+                binding: 5,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "group_norm_param_grad",
+        file: "net_ops.wgsl",
+        entry: "group_norm_param_grad",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 6,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "silu",
+        file: "net_ops.wgsl",
+        entry: "silu",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "silu_backward",
+        file: "net_ops.wgsl",
+        entry: "silu_backward",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "upsample2x",
+        file: "net_ops.wgsl",
+        entry: "upsample2x",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "block_sum2x",
+        file: "net_ops.wgsl",
+        entry: "block_sum2x",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "concat_channels",
+        file: "net_ops.wgsl",
+        entry: "concat_channels",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "slice_channels",
+        file: "net_ops.wgsl",
+        entry: "slice_channels",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "add_channel_bias",
+        file: "net_ops.wgsl",
+        entry: "add_channel_bias",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "sum_spatial",
+        file: "net_ops.wgsl",
+        entry: "sum_spatial",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "transpose_samples",
+        file: "net_ops.wgsl",
+        entry: "transpose_samples",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "attn_matmul",
+        file: "net_ops.wgsl",
+        entry: "attn_matmul",
+        source: NET_OPS_WGSL,
+        workgroup_size: [16, 16, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "attn_softmax",
+        file: "net_ops.wgsl",
+        entry: "attn_softmax",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 6,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "attn_softmax_backward",
+        file: "net_ops.wgsl",
+        entry: "attn_softmax_backward",
+        source: NET_OPS_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
                 kind: BindingKind::StorageRead,
             },
             BindingSpec {
@@ -338,6 +685,27 @@ pub const KERNELS: &[KernelSpec] = &[
             BindingSpec {
                 binding: 1,
                 kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "dropout",
+        file: "rng.wgsl",
+        entry: "dropout",
+        source: RNG_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageReadWrite,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
             },
         ],
     },

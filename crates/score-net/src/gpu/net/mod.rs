@@ -24,7 +24,6 @@ use crate::{AdamStep, Conv2dSpec, NetBackend, Result, View};
 
 /// Checks that `view` lies inside the flat buffer `params` (parameters or
 /// gradients) and returns its `(offset, numel)` as the kernels index them.
-#[allow(dead_code)] // Used by the kernels that replace the stubs.
 pub(crate) fn view_range(params: &WgpuTensor, view: &View) -> Result<(u32, u32)> {
     let len = params.shape().numel();
     if view.range().end > len {
