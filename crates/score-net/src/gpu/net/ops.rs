@@ -175,7 +175,7 @@ pub fn group_norm_backward(
     let ctx = be.context();
     let (dx, _) = be.output(OP, x.shape())?;
     // (dgamma, dbeta) partial sums per (sample, channel).
-    let partial = ctx.storage_buffer("group_norm partials", (n * c * 2 * 4) as u64)?;
+    let partial = ctx.pooled_buffer("group_norm partials", (n * c * 2 * 4) as u64)?;
     let rows = u(n * groups);
     let p = OpParams::new(rows, &[u(groups), u(c / groups), u(h * w), g_off]).eps(eps);
     ctx.dispatch(
@@ -485,7 +485,7 @@ pub fn attention_chunked(
     let chunk = attention_chunk(n, l, max_chunk);
     let p = be
         .context()
-        .storage_buffer("attention weights", (chunk * l * l * 4) as u64)?;
+        .pooled_buffer("attention weights", (chunk * l * l * 4) as u64)?;
     for s0 in (0..n).step_by(chunk) {
         let count = chunk.min(n - s0);
         attention_weights(be, q, k, &p, [s0, count, l, c], scale)?;
@@ -534,8 +534,8 @@ pub fn attention_backward_chunked(
     let ctx = be.context();
     let chunk = attention_chunk(n, l, max_chunk);
     let bytes = (chunk * l * l * 4) as u64;
-    let p = ctx.storage_buffer("attention weights", bytes)?;
-    let ds = ctx.storage_buffer("attention weight gradients", bytes)?;
+    let p = ctx.pooled_buffer("attention weights", bytes)?;
+    let ds = ctx.pooled_buffer("attention weight gradients", bytes)?;
     for s0 in (0..n).step_by(chunk) {
         let count = chunk.min(n - s0);
         let off = s0 * l * c;
