@@ -7,15 +7,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sde_core::{Backend, ScoreModel};
+use score_net::gpu::WgpuBackend;
+use sde_core::{Backend, CpuBackend, ScoreModel};
 
 /// Which backend runs the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Device {
-    /// The best available: a real GPU through wgpu when that backend is
-    /// built, otherwise the CPU.
+    /// The best available: a real GPU (discrete, integrated or virtual)
+    /// through wgpu when there is one, otherwise the CPU (a software
+    /// adapter such as llvmpipe is far slower than the CPU backend).
     Auto,
     /// The CPU backend (gemm, all cores).
     Cpu,
@@ -36,16 +38,43 @@ pub struct Ctx {
     pub device: Device,
 }
 
+/// The backend `--device` resolved to.
+pub enum Chosen {
+    /// The CPU backend.
+    Cpu(CpuBackend),
+    /// The wgpu backend.
+    Wgpu(WgpuBackend),
+}
+
+/// The process's wgpu backend (one device, opened on first use).
+pub fn wgpu_backend() -> Result<WgpuBackend> {
+    static B: OnceLock<std::result::Result<WgpuBackend, String>> = OnceLock::new();
+    B.get_or_init(|| WgpuBackend::new().map_err(|e| e.to_string().replace('\n', " ")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!("--device wgpu: {e}"))
+}
+
+/// Whether `b` runs on a real GPU (not a software rasteriser such as llvmpipe).
+pub fn is_real_gpu(b: &WgpuBackend) -> bool {
+    use score_net::gpu::wgpu::DeviceType;
+    matches!(
+        b.context().info().device_type,
+        DeviceType::DiscreteGpu | DeviceType::IntegratedGpu | DeviceType::VirtualGpu
+    )
+}
+
 impl Ctx {
-    /// The CPU backend, or a clear error for a device that is not available.
-    pub fn cpu_backend(&self) -> Result<sde_core::CpuBackend> {
-        match self.device {
-            Device::Auto | Device::Cpu => Ok(sde_core::CpuBackend),
-            Device::Wgpu => bail!(
-                "the wgpu backend does not have the network's kernels yet (only the samplers' \
-                 tensor ops); use --device cpu (or auto)"
-            ),
-        }
+    /// The backend for `--device`: `cpu`, `wgpu` (an error when no adapter
+    /// exists), or `auto` (wgpu on a real GPU, else the CPU).
+    pub fn backend(&self) -> Result<Chosen> {
+        Ok(match self.device {
+            Device::Cpu => Chosen::Cpu(CpuBackend),
+            Device::Wgpu => Chosen::Wgpu(wgpu_backend()?),
+            Device::Auto => match wgpu_backend() {
+                Ok(b) if is_real_gpu(&b) => Chosen::Wgpu(b),
+                _ => Chosen::Cpu(CpuBackend),
+            },
+        })
     }
 
     /// A progress bar of `len` steps (hidden with `--quiet` or `--json`).
@@ -196,3 +225,15 @@ pub fn serde_enum<T: serde::de::DeserializeOwned>(s: &str) -> std::result::Resul
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|e| e.to_string().replace('\n', " "))
 }
+
+/// Evaluates `$body` with `$b` bound to the backend `--device` chose (the
+/// body is compiled once per backend type).
+macro_rules! with_backend {
+    ($ctx:expr, $b:ident => $body:expr) => {
+        match $ctx.backend()? {
+            $crate::common::Chosen::Cpu($b) => $body,
+            $crate::common::Chosen::Wgpu($b) => $body,
+        }
+    };
+}
+pub(crate) use with_backend;

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use score_net::UnetConfig;
+use score_net::{NetBackend, UnetConfig};
 use sde_core::SdeConfig;
 use serde_json::json;
 use solvers::{CorrectorKind, PredictorKind};
 use train::data::{DataConfig, DatasetName, Scale};
 use train::{OptimConfig, TrainConfig, TrainingConfig, Weights};
 
-use crate::common::Ctx;
+use crate::common::{with_backend, Ctx};
 use crate::gen::{self, ModelArgs, OdeArgs, SampleArgs, SamplerKind};
 
 /// Arguments of `scoresde demo`.
@@ -81,7 +81,7 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> Result<serde_json::Value> {
     if let Some(s) = ctx.seed {
         cfg.seed = s;
     }
-    let (train_json, _) = crate::train_cmd::train_run(ctx, cfg, &run_dir, resume, None)?;
+    let train_json = crate::train_cmd::train_run(ctx, cfg, &run_dir, resume, None)?;
     if train_json["interrupted"].as_bool() == Some(true) {
         return Ok(json!({"command": "demo", "train": train_json, "interrupted": true}));
     }
@@ -119,20 +119,13 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> Result<serde_json::Value> {
         args.eval_images
     ));
     let t1 = Instant::now();
-    let b = ctx.cpu_backend()?;
-    let m = ModelArgs {
+    let model = ModelArgs {
         ckpt: run_dir.clone(),
         weights: Weights::Ema,
         steps: None,
-    }
-    .load(&b)?;
-    let splits = crate::common::load_data(&m.ck.config, None)?;
-    let ode = OdeArgs {
-        rtol: 1e-4,
-        atol: 1e-4,
     };
-    let lcfg = gen::likelihood_config(&m, splits.test.levels(), &ode, false, 1, true);
-    let (bpd, se, nfe, n) = gen::bits_per_dim(ctx, &m, &splits.test, args.eval_images, 64, &lcfg)?;
+    let (bpd, se, nfe, n) =
+        with_backend!(ctx, b => demo_bpd(ctx, model.load(b)?, args.eval_images))?;
     let eval_secs = t1.elapsed().as_secs_f64();
     Ok(json!({
         "command": "demo",
@@ -148,4 +141,19 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> Result<serde_json::Value> {
         "likelihood_seconds": eval_secs,
         "total_seconds": start.elapsed().as_secs_f64(),
     }))
+}
+
+/// Bits/dim of the first `n` test digits (probability-flow ODE, rtol 1e-4).
+fn demo_bpd<B: NetBackend>(
+    ctx: &Ctx,
+    m: gen::Loaded<B>,
+    n: usize,
+) -> Result<(f64, f64, usize, usize)> {
+    let splits = crate::common::load_data(&m.ck.config, None)?;
+    let ode = OdeArgs {
+        rtol: 1e-4,
+        atol: 1e-4,
+    };
+    let lcfg = gen::likelihood_config(&m, splits.test.levels(), &ode, false, 1, true);
+    gen::bits_per_dim(ctx, &m, &splits.test, n, 64, &lcfg)
 }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use sde_core::{AnySde, Backend, CpuBackend, NoiseRng, Sde, Shape};
+use score_net::NetBackend;
+use sde_core::{AnySde, Backend, NoiseRng, Sde, Shape};
 use serde_json::json;
 use solvers::{
     CorrectorKind, DataScale, Divergence, LikelihoodConfig, OdeConfig, PcConfig, PredictorKind,
@@ -15,7 +16,7 @@ use solvers::{
 use train::data::Transform;
 use train::{TrainingCheckpoint, Weights};
 
-use crate::common::{chunks, serde_enum, Ctx, UserInterrupt, Watched};
+use crate::common::{chunks, serde_enum, with_backend, Ctx, UserInterrupt, Watched};
 
 /// Which checkpoint and weights to use.
 #[derive(Clone, Debug, clap::Args)]
@@ -52,28 +53,30 @@ impl OdeArgs {
     }
 }
 
-/// A loaded model with its run configuration.
-pub struct Loaded {
+/// A loaded model with its run configuration, on the backend it runs on.
+pub struct Loaded<B: NetBackend> {
     /// The checkpoint.
     pub ck: TrainingCheckpoint,
     /// The model.
-    pub model: score_net::UnetScore<CpuBackend, AnySde>,
+    pub model: score_net::UnetScore<B, AnySde>,
+    /// The backend.
+    pub b: B,
 }
 
 impl ModelArgs {
-    /// Loads the checkpoint and builds the model (with `--steps` applied).
-    pub fn load(&self, b: &CpuBackend) -> Result<Loaded> {
+    /// Loads the checkpoint and builds the model on `b` (with `--steps` applied).
+    pub fn load<B: NetBackend>(&self, b: B) -> Result<Loaded<B>> {
         let ck = TrainingCheckpoint::load(&self.ckpt)
             .with_context(|| format!("loading {}", self.ckpt.display()))?;
-        let mut model = ck.model(b, self.weights)?;
+        let mut model = ck.model(&b, self.weights)?;
         if let Some(n) = self.steps {
             model.sde = ck.config.sde.with_num_steps(n).build()?;
         }
-        Ok(Loaded { ck, model })
+        Ok(Loaded { ck, model, b })
     }
 }
 
-impl Loaded {
+impl<B: NetBackend> Loaded<B> {
     /// `[C, H, W]` of the model's images.
     pub fn image_shape(&self) -> [usize; 3] {
         self.ck.image_shape
@@ -154,8 +157,12 @@ impl<B: Backend> SamplerHooks<B> for PcHooks<'_> {
 }
 
 /// Draws `n` samples; returns the NCHW data and the total NFE.
-pub fn draw_samples(ctx: &Ctx, m: &Loaded, args: &SampleArgs) -> Result<(Vec<f32>, usize)> {
-    let b = CpuBackend;
+pub fn draw_samples<B: NetBackend>(
+    ctx: &Ctx,
+    m: &Loaded<B>,
+    args: &SampleArgs,
+) -> Result<(Vec<f32>, usize)> {
+    let b = &m.b;
     let mut rng = NoiseRng::new(ctx.seed.unwrap_or(0));
     let mut out = Vec::new();
     let mut nfe = 0;
@@ -176,7 +183,7 @@ pub fn draw_samples(ctx: &Ctx, m: &Loaded, args: &SampleArgs) -> Result<(Vec<f32
                     stop: crate::common::interrupted(),
                 };
                 let o = solvers::pc_sample(
-                    &b,
+                    b,
                     &m.model.sde,
                     &m.model,
                     &shape,
@@ -192,7 +199,7 @@ pub fn draw_samples(ctx: &Ctx, m: &Loaded, args: &SampleArgs) -> Result<(Vec<f32
                 let bar = ctx.spinner("ode nfe");
                 let w = Watched::new(&m.model, &bar);
                 let o =
-                    solvers::ode_sample(&b, &m.model.sde, &w, &shape, &args.ode.config(), &mut rng)
+                    solvers::ode_sample(b, &m.model.sde, &w, &shape, &args.ode.config(), &mut rng)
                         .map_err(interrupt_aware)?;
                 bar.finish_and_clear();
                 nfe += o.nfe;
@@ -252,11 +259,17 @@ pub fn write_grid(
 
 /// `scoresde sample`.
 pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
-    let b = ctx.cpu_backend()?;
     if args.n == 0 {
         bail!("-n must be at least 1");
     }
-    let m = args.model.load(&b)?;
+    with_backend!(ctx, b => sample_on(ctx, args.model.load(b)?, args))
+}
+
+fn sample_on<B: NetBackend>(
+    ctx: &Ctx,
+    m: Loaded<B>,
+    args: &SampleArgs,
+) -> Result<serde_json::Value> {
     let start = Instant::now();
     let (x, nfe) = draw_samples(ctx, &m, args)?;
     let secs = start.elapsed().as_secs_f64();
@@ -279,6 +292,7 @@ pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
     }
     Ok(json!({
         "command": "sample",
+        "device": m.b.name(),
         "sampler": format!("{:?}", args.sampler).to_lowercase(),
         "n": args.n,
         "nfe": nfe,
@@ -319,15 +333,15 @@ pub struct LikelihoodArgs {
 }
 
 /// Bits/dim of `set[..n]` under `m`; returns (mean, standard error, NFE, n).
-pub fn bits_per_dim(
+pub fn bits_per_dim<B: NetBackend>(
     ctx: &Ctx,
-    m: &Loaded,
+    m: &Loaded<B>,
     set: &train::data::ImageSet,
     n: usize,
     batch_size: usize,
     cfg: &LikelihoodConfig,
 ) -> Result<(f64, f64, usize, usize)> {
-    let b = CpuBackend;
+    let b = &m.b;
     let n = n.min(set.len());
     if n == 0 {
         bail!("the split has no images");
@@ -353,8 +367,8 @@ pub fn bits_per_dim(
         let x = set.batch(&idx, &t, &mut rng);
         let x = b.tensor(x, &m.shape(idx.len())?)?;
         let w = Watched::new(&m.model, &bar);
-        let o = solvers::likelihood(&b, &m.model.sde, &w, &x, cfg, &mut rng)
-            .map_err(interrupt_aware)?;
+        let o =
+            solvers::likelihood(b, &m.model.sde, &w, &x, cfg, &mut rng).map_err(interrupt_aware)?;
         nfe += o.nfe;
         bpd.extend(o.bpd);
         bar.set_message(format!(
@@ -371,8 +385,8 @@ pub fn bits_per_dim(
 }
 
 /// The likelihood configuration for a model's data.
-pub fn likelihood_config(
-    m: &Loaded,
+pub fn likelihood_config<B: NetBackend>(
+    m: &Loaded<B>,
     set_levels: u32,
     ode: &OdeArgs,
     exact: bool,
@@ -400,8 +414,14 @@ pub fn likelihood_config(
 
 /// `scoresde likelihood`.
 pub fn likelihood(ctx: &Ctx, args: &LikelihoodArgs) -> Result<serde_json::Value> {
-    let b = ctx.cpu_backend()?;
-    let m = args.model.load(&b)?;
+    with_backend!(ctx, b => likelihood_on(ctx, args.model.load(b)?, args))
+}
+
+fn likelihood_on<B: NetBackend>(
+    ctx: &Ctx,
+    m: Loaded<B>,
+    args: &LikelihoodArgs,
+) -> Result<serde_json::Value> {
     let splits = crate::common::load_data(&m.ck.config, args.data_path.clone())?;
     let set = match args.split.as_str() {
         "test" => &splits.test,
@@ -427,6 +447,7 @@ pub fn likelihood(ctx: &Ctx, args: &LikelihoodArgs) -> Result<serde_json::Value>
     )?;
     Ok(json!({
         "command": "likelihood",
+        "device": m.b.name(),
         "split": args.split,
         "images": n,
         "bits_per_dim": mean,
@@ -466,7 +487,7 @@ pub struct ImageInputs {
 
 impl ImageInputs {
     /// The images, in the model's data range.
-    fn load(&self, m: &Loaded) -> Result<Vec<f32>> {
+    fn load<B: NetBackend>(&self, m: &Loaded<B>) -> Result<Vec<f32>> {
         let (input, index, data_path) = (&self.input, &self.index, self.data_path.clone());
         let (low, high) = m.range();
         match (input.is_empty(), index.is_empty()) {
@@ -519,14 +540,14 @@ enum Flow {
 }
 
 /// Runs the probability-flow ODE over a batch of flattened images.
-fn flow(
+fn flow<B: NetBackend>(
     ctx: &Ctx,
-    m: &Loaded,
+    m: &Loaded<B>,
     x: Vec<f32>,
     ode: &OdeConfig,
     dir: Flow,
 ) -> Result<(Vec<f32>, usize)> {
-    let b = CpuBackend;
+    let b = &m.b;
     let n = x.len() / m.image_shape().iter().product::<usize>();
     let x = b.tensor(x, &m.shape(n)?)?;
     let bar = ctx.spinner(match dir {
@@ -535,8 +556,8 @@ fn flow(
     });
     let w = Watched::new(&m.model, &bar);
     let o = match dir {
-        Flow::Encode => solvers::encode(&b, &m.model.sde, &w, x, ode),
-        Flow::Decode => solvers::decode(&b, &m.model.sde, &w, x, ode),
+        Flow::Encode => solvers::encode(b, &m.model.sde, &w, x, ode),
+        Flow::Decode => solvers::decode(b, &m.model.sde, &w, x, ode),
     }
     .map_err(interrupt_aware)?;
     bar.finish_and_clear();
@@ -545,8 +566,14 @@ fn flow(
 
 /// `scoresde encode`.
 pub fn encode(ctx: &Ctx, args: &EncodeArgs) -> Result<serde_json::Value> {
-    let b = ctx.cpu_backend()?;
-    let m = args.model.load(&b)?;
+    with_backend!(ctx, b => encode_on(ctx, args.model.load(b)?, args))
+}
+
+fn encode_on<B: NetBackend>(
+    ctx: &Ctx,
+    m: Loaded<B>,
+    args: &EncodeArgs,
+) -> Result<serde_json::Value> {
     let x = args.images.load(&m)?;
     let (z, nfe) = flow(ctx, &m, x, &args.ode.config(), Flow::Encode)?;
     let [c, h, w] = m.image_shape();
@@ -575,8 +602,14 @@ pub struct DecodeArgs {
 
 /// `scoresde decode`.
 pub fn decode(ctx: &Ctx, args: &DecodeArgs) -> Result<serde_json::Value> {
-    let b = ctx.cpu_backend()?;
-    let m = args.model.load(&b)?;
+    with_backend!(ctx, b => decode_on(ctx, args.model.load(b)?, args))
+}
+
+fn decode_on<B: NetBackend>(
+    ctx: &Ctx,
+    m: Loaded<B>,
+    args: &DecodeArgs,
+) -> Result<serde_json::Value> {
     let (shape, z) = train::images::read_npy(&args.latent)?;
     let [c, h, w] = m.image_shape();
     if shape.len() != 4 || shape[1..] != [c, h, w] {
@@ -621,11 +654,18 @@ pub struct InterpolateArgs {
 
 /// `scoresde interpolate`: encode both ends, slerp the latents, decode.
 pub fn interpolate(ctx: &Ctx, args: &InterpolateArgs) -> Result<serde_json::Value> {
-    let b = ctx.cpu_backend()?;
     if args.frames < 2 {
         bail!("--frames must be at least 2");
     }
-    let m = args.model.load(&b)?;
+    with_backend!(ctx, b => interpolate_on(ctx, args.model.load(b)?, args))
+}
+
+fn interpolate_on<B: NetBackend>(
+    ctx: &Ctx,
+    m: Loaded<B>,
+    args: &InterpolateArgs,
+) -> Result<serde_json::Value> {
+    let b = &m.b;
     if args.images.input.len() + args.images.index.len() != 2 {
         bail!("interpolate needs exactly two end points (--input A B or --index I,J)");
     }
@@ -639,7 +679,7 @@ pub fn interpolate(ctx: &Ctx, args: &InterpolateArgs) -> Result<serde_json::Valu
     let mut frames = Vec::with_capacity(args.frames * d);
     for k in 0..args.frames {
         let a = k as f64 / (args.frames - 1) as f64;
-        frames.extend(b.to_vec(&solvers::interp::slerp(&b, &z0, &z1, a)?)?);
+        frames.extend(b.to_vec(&solvers::interp::slerp(b, &z0, &z1, a)?)?);
     }
     let (x, nfe_d) = flow(ctx, &m, frames, &ode, Flow::Decode)?;
     let [c, h, w] = m.image_shape();

@@ -74,14 +74,19 @@ fn info(_ctx: &Ctx) -> serde_json::Value {
         })
         .collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // The wgpu backend runs the samplers' tensor ops; the network's ops on wgpu
-    // are still being written, so models run on the CPU.
-    let gpu = match score_net::gpu::GpuContext::new() {
-        Ok(ctx) => json!({"name": "wgpu", "adapter": ctx.describe(),
-            "available": false, "reason": "network kernels not written yet; models run on the cpu"}),
-        Err(e) => {
-            json!({"name": "wgpu", "available": false, "reason": e.to_string().replace('\n', " ")})
+    let (gpu, auto) = match common::wgpu_backend() {
+        Ok(b) => {
+            let real = common::is_real_gpu(&b);
+            (
+                json!({"name": "wgpu", "available": true, "adapter": b.context().describe(),
+                    "real_gpu": real}),
+                if real { "wgpu" } else { "cpu" },
+            )
         }
+        Err(e) => (
+            json!({"name": "wgpu", "available": false, "reason": e.to_string()}),
+            "cpu",
+        ),
     };
     json!({
         "command": "info",
@@ -90,7 +95,8 @@ fn info(_ctx: &Ctx) -> serde_json::Value {
             {"name": "cpu", "available": true, "threads": threads},
             gpu
         ],
-        "default_device": "cpu",
+        // What `--device auto` picks.
+        "default_device": auto,
         "sdes": sdes,
     })
 }

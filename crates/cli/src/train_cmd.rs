@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
+use score_net::NetBackend;
 use serde_json::json;
 use train::data::DatasetName;
 use train::{LogEntry, StepReport, TrainConfig, TrainObserver, Trainer};
 
-use crate::common::{interrupted, Ctx};
+use crate::common::{interrupted, with_backend, Ctx};
 
 /// Arguments of `scoresde train`.
 #[derive(Clone, Debug, clap::Args)]
@@ -144,15 +145,27 @@ impl TrainObserver for CliObserver {
     }
 }
 
-/// Trains (or resumes) a run described by `cfg` into `out`; returns the summary JSON.
+/// Trains (or resumes) a run described by `cfg` into `out` on the backend
+/// `--device` chose; returns the summary JSON.
 pub fn train_run(
     ctx: &Ctx,
     cfg: TrainConfig,
     out: &Path,
     resume: bool,
     data_path: Option<PathBuf>,
-) -> Result<(serde_json::Value, Trainer<sde_core::CpuBackend>)> {
-    let b = ctx.cpu_backend()?;
+) -> Result<serde_json::Value> {
+    with_backend!(ctx, b => train_on(ctx, b, cfg, out, resume, data_path))
+}
+
+fn train_on<B: NetBackend>(
+    ctx: &Ctx,
+    b: B,
+    cfg: TrainConfig,
+    out: &Path,
+    resume: bool,
+    data_path: Option<PathBuf>,
+) -> Result<serde_json::Value> {
+    let device = b.name();
     let splits = crate::common::load_data(&cfg, data_path)?;
     let ck = out.join(train::trainer::CHECKPOINT_FILE);
     let mut trainer = if resume {
@@ -175,7 +188,7 @@ pub fn train_run(
     };
     let source = train::TrainSet::new(&splits.train, trainer.cfg.data.transform());
     ctx.note(format!(
-        "training on {} ({} train / {} test images of {:?}), {} parameters, from step {} to {}",
+        "training on {} ({} train / {} test images of {:?}) with {device}, {} parameters, from step {} to {}",
         splits.name,
         splits.train.len(),
         splits.test.len(),
@@ -214,8 +227,9 @@ pub fn train_run(
         "checkpoint": summary.checkpoint,
         "params": trainer.num_params(),
         "dataset": splits.name,
+        "device": device,
     });
-    Ok((value, trainer))
+    Ok(value)
 }
 
 /// `scoresde train`.
@@ -225,6 +239,5 @@ pub fn run(ctx: &Ctx, args: &TrainArgs) -> Result<serde_json::Value> {
         None => TrainConfig::default(),
     };
     args.apply(&mut cfg, ctx.seed);
-    let (v, _) = train_run(ctx, cfg, &args.out, args.resume, args.data_path.clone())?;
-    Ok(v)
+    train_run(ctx, cfg, &args.out, args.resume, args.data_path.clone())
 }
