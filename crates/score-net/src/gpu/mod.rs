@@ -57,10 +57,10 @@ mod tests {
         assert_eq!(KERNELS.len(), entry_points, "stale kernel table");
         assert_eq!(
             KERNELS.len(),
-            11,
+            17,
             "kernel count (update when adding kernels)"
         );
-        assert_eq!(SHADER_FILES.len(), 3);
+        assert_eq!(SHADER_FILES.len(), 4);
     }
 
     /// Kernel names are unique, and every kernel has at most one uniform (binding 0).
