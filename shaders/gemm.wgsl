@@ -250,10 +250,7 @@ fn gemm_tile(mode: u32, lid: u32, wg: vec3<u32>) {
     // operand's layout makes that possible (coalescing on real GPUs).
     let a_m_fast = mode == MODE_MATMUL && has(FLAG_TRANS_A);
     let b_k_fast = mode == MODE_CONV_DW || (mode == MODE_MATMUL && has(FLAG_TRANS_B));
-    var acc: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var k0 = kbeg; k0 < kend; k0 += TK) {
         for (var i = 0u; i < 4u; i++) {
             let idx = lid + i * 256u;
@@ -304,18 +301,30 @@ fn gemm_tile(mode: u32, lid: u32, wg: vec3<u32>) {
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let gm = m0 + ty * 4u + i;
-        if (gm >= p.m) {
-            break;
-        }
-        let row = acc[i];
-        for (var j = 0u; j < 4u; j++) {
-            let gn = n0 + tx * 4u + j;
-            if (gn < p.n) {
-                store(mode, gm, gn, wg.z, row[j]);
-            }
-        }
+    let gm = m0 + ty * 4u;
+    let gn = n0 + tx * 4u;
+    store_row(mode, gm, gn, wg.z, acc[0]);
+    store_row(mode, gm + 1u, gn, wg.z, acc[1]);
+    store_row(mode, gm + 2u, gn, wg.z, acc[2]);
+    store_row(mode, gm + 3u, gn, wg.z, acc[3]);
+}
+
+// Stores C[m, n..n + 4] = row (the columns inside N; nothing when m >= M).
+fn store_row(mode: u32, m: u32, n: u32, z: u32, row: vec4<f32>) {
+    if (m >= p.m) {
+        return;
+    }
+    if (n < p.n) {
+        store(mode, m, n, z, row.x);
+    }
+    if (n + 1u < p.n) {
+        store(mode, m, n + 1u, z, row.y);
+    }
+    if (n + 2u < p.n) {
+        store(mode, m, n + 2u, z, row.z);
+    }
+    if (n + 3u < p.n) {
+        store(mode, m, n + 3u, z, row.w);
     }
 }
 
