@@ -443,7 +443,7 @@ pub fn conv2d_backward(
     let kd = idx32("conv2d C_out·k·k", g.cout * g.k * g.k)?;
     let prm = GemmParams {
         m: base.cin,
-        n: idx32("conv2d N·H·W", x.shape().numel())?,
+        n: idx32("conv2d N·H·W", g.n * g.h * g.w)?,
         k: kd,
         k_chunk: kd,
         a_off: w_off,
