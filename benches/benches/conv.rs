@@ -10,11 +10,18 @@
 //! cores the way `conv2d` runs them (but without the im2col). `conv2d` can
 //! beat both on large images: its per-thread im2col buffer stays in cache,
 //! while these stream a batch-sized right-hand side from memory.
+//!
+//! The `wgpu` group runs the same convolutions on the wgpu backend's tiled
+//! implicit-GEMM kernels (`shaders/gemm.wgsl`), synchronising with the device
+//! inside the timed closure so the GPU work is counted. Without an adapter it
+//! prints why and skips (on Linux without a GPU: Mesa's llvmpipe and
+//! `WGPU_BACKEND=vulkan`).
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use score_net::cpu::conv::{self, matmul, MatMul};
-use score_net::{Conv2dSpec, View};
+use score_net::gpu::WgpuBackend;
+use score_net::{Conv2dSpec, NetBackend, View};
 use sde_core::{Backend, CpuBackend, CpuTensor, NoiseKey, Shape};
 use std::hint::black_box;
 
@@ -95,5 +102,55 @@ fn bench_conv(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_conv);
+/// conv2d forward and backward (dx + dW + db) on the wgpu backend.
+fn bench_conv_wgpu(c: &mut Criterion) {
+    let be = match WgpuBackend::new() {
+        Ok(be) => be,
+        Err(e) => {
+            eprintln!("wgpu conv benches skipped: {e}");
+            return;
+        }
+    };
+    eprintln!("wgpu adapter: {}", be.context().describe());
+    let up = |t: &CpuTensor| be.tensor(t.data().to_vec(), t.shape()).expect("upload");
+    let mut group = c.benchmark_group("wgpu");
+    for (n, ch, size) in LAYERS {
+        let k = 3;
+        let spec = Conv2dSpec {
+            stride: 1,
+            padding: 1,
+        };
+        let (ho, wo) = (spec.out_size(size, k), spec.out_size(size, k));
+        let (kd, pix) = (ch * k * k, ho * wo);
+        let label = format!("{n}x{ch}x{size}x{size}_k3");
+        let fwd_flops = 2 * (n * ch * pix * kd) as u64;
+        let x = up(&randn(&[n, ch, size, size], 4));
+        let w = View::new(0, [ch, ch, k, k]);
+        let b = View::new(ch * kd, [ch]);
+        let params = up(&randn(&[ch * kd + ch], 5));
+        let dy = up(&randn(&[n, ch, ho, wo], 6));
+        let mut grads = up(&randn(&[ch * kd + ch], 7));
+        group.throughput(Throughput::Elements(fwd_flops));
+        group.bench_function(BenchmarkId::new("conv2d_fwd", &label), |bch| {
+            bch.iter(|| {
+                let y = be.conv2d(&x, &params, &w, Some(&b), spec).expect("conv2d");
+                be.sync().expect("sync");
+                black_box(y)
+            })
+        });
+        group.throughput(Throughput::Elements(2 * fwd_flops));
+        group.bench_function(BenchmarkId::new("conv2d_bwd", &label), |bch| {
+            bch.iter(|| {
+                let dx = be
+                    .conv2d_backward(&x, &dy, &params, &w, Some(&b), spec, &mut grads, true)
+                    .expect("conv2d_backward");
+                be.sync().expect("sync");
+                black_box(dx)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_conv, bench_conv_wgpu);
 criterion_main!(benches);

@@ -22,9 +22,9 @@
 
 use gemm::Parallelism;
 use rayon::prelude::*;
-use sde_core::CpuTensor;
+use sde_core::{CpuTensor, Shape};
 
-use super::{dims, tensor, view_slice, view_slice_mut};
+use super::{tensor, view_slice, view_slice_mut};
 use crate::error::{ensure_shape, NetError};
 use crate::{Conv2dSpec, Result, View};
 
@@ -177,29 +177,40 @@ pub fn matmul(dst: &mut [f32], lhs: &[f32], rhs: &[f32], mm: MatMul) -> Result<(
     Ok(())
 }
 
-/// Validated geometry of one convolution.
+/// Validated geometry of one convolution (shared with the wgpu backend, so
+/// both validate shapes identically).
 #[derive(Clone, Copy, Debug)]
-struct Geom {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
+pub(crate) struct Geom {
+    /// Batch size.
+    pub(crate) n: usize,
+    /// Input channels.
+    pub(crate) cin: usize,
+    /// Input height.
+    pub(crate) h: usize,
+    /// Input width.
+    pub(crate) w: usize,
+    /// Output channels.
+    pub(crate) cout: usize,
+    /// Kernel size (square).
+    pub(crate) k: usize,
+    /// Stride.
+    pub(crate) stride: usize,
+    /// Zero padding on every side.
+    pub(crate) pad: usize,
+    /// Output height.
+    pub(crate) ho: usize,
+    /// Output width.
+    pub(crate) wo: usize,
 }
 
 impl Geom {
     /// Rows of the im2col matrix, `C_in·k·k`.
-    fn kdim(&self) -> usize {
+    pub(crate) fn kdim(&self) -> usize {
         self.cin * self.k * self.k
     }
 
     /// Output pixels per channel.
-    fn pixels(&self) -> usize {
+    pub(crate) fn pixels(&self) -> usize {
         self.ho * self.wo
     }
 
@@ -219,7 +230,8 @@ impl Geom {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
-    fn out_dims(&self) -> [usize; 4] {
+    /// `[N, C_out, H_out, W_out]`.
+    pub(crate) fn out_dims(&self) -> [usize; 4] {
         [self.n, self.cout, self.ho, self.wo]
     }
 }
@@ -260,9 +272,12 @@ fn check_bias(b: Option<&View>, len: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn conv_geom(
+/// Validates a convolution's input shape `x`, weight and bias views and
+/// `spec` (everything but the views' ranges in the buffer) and returns its
+/// geometry.
+pub(crate) fn conv_geom(
     op: &'static str,
-    x: &CpuTensor,
+    x: &Shape,
     w: &View,
     b: Option<&View>,
     spec: Conv2dSpec,
@@ -274,7 +289,10 @@ fn conv_geom(
             reason: format!("{op}: the stride must be at least 1"),
         });
     }
-    let xd = dims(x, 4, op)?;
+    let xd = x.dims();
+    ensure_shape(xd.len() == 4, op, || {
+        format!("expected a rank-4 tensor, got shape {x}")
+    })?;
     check_view_end(w)?;
     let (n, cin, h, wd) = (xd[0], xd[1], xd[2], xd[3]);
     let ws = w.shape.as_slice();
@@ -495,7 +513,7 @@ pub fn conv2d(
     b: Option<&View>,
     spec: Conv2dSpec,
 ) -> Result<CpuTensor> {
-    let g = conv_geom("conv2d", x, w, b, spec)?;
+    let g = conv_geom("conv2d", x.shape(), w, b, spec)?;
     let wt = view_slice(params, w)?;
     let bias = b.map(|b| view_slice(params, b)).transpose()?;
     let (in_n, out_n, pix, kd) = (g.in_numel(), g.out_numel(), g.pixels(), g.kdim());
@@ -559,14 +577,30 @@ pub fn conv2d(
     tensor(y, &g.out_dims())
 }
 
-/// Checks that `grads` has the layout (length) of `params`.
-fn check_grads(op: &'static str, params: &CpuTensor, grads: &CpuTensor) -> Result<()> {
-    ensure_shape(params.data().len() == grads.data().len(), op, || {
-        format!(
-            "gradient buffer has {} elements but the parameter buffer {}",
-            grads.data().len(),
-            params.data().len()
-        )
+/// Checks that the gradient buffer (`grads` elements) has the layout
+/// (length) of the parameter buffer (`params` elements).
+pub(crate) fn check_grads(op: &'static str, params: usize, grads: usize) -> Result<()> {
+    ensure_shape(params == grads, op, || {
+        format!("gradient buffer has {grads} elements but the parameter buffer {params}")
+    })
+}
+
+/// Checks that `dy` is the output shape of the convolution `g`.
+pub(crate) fn check_conv_dy(op: &'static str, g: &Geom, dy: &Shape) -> Result<()> {
+    let want = g.out_dims();
+    ensure_shape(dy.dims() == want, op, || {
+        format!("dy has shape {dy}, expected {want:?}")
+    })
+}
+
+/// Checks that `dy` is `x`'s shape with the last dimension `out`.
+pub(crate) fn check_linear_dy(op: &'static str, x: &Shape, out: usize, dy: &Shape) -> Result<()> {
+    let mut want = x.dims().to_vec();
+    if let Some(last) = want.last_mut() {
+        *last = out;
+    }
+    ensure_shape(dy.dims() == want.as_slice(), op, || {
+        format!("dy has shape {dy}, expected {want:?}")
     })
 }
 
@@ -606,12 +640,9 @@ pub fn conv2d_backward(
     need_dx: bool,
 ) -> Result<Option<CpuTensor>> {
     const OP: &str = "conv2d_backward";
-    let g = conv_geom(OP, x, w, b, spec)?;
-    let want = g.out_dims();
-    ensure_shape(dy.shape().dims() == want, OP, || {
-        format!("dy has shape {}, expected {want:?}", dy.shape())
-    })?;
-    check_grads(OP, params, grads)?;
+    let g = conv_geom(OP, x.shape(), w, b, spec)?;
+    check_conv_dy(OP, &g, dy.shape())?;
+    check_grads(OP, params.data().len(), grads.data().len())?;
     let wt = view_slice(params, w)?;
     let (in_n, out_n, pix, kd) = (g.in_numel(), g.out_numel(), g.pixels(), g.kdim());
     let (xs, dys) = (x.data(), dy.data());
@@ -739,19 +770,18 @@ pub fn conv2d_backward(
     }
 }
 
-/// Validated `(rows, in, out)` of a linear layer.
-fn linear_geom(
+/// Validates a linear layer's input shape `x` and its weight and bias views
+/// (everything but the views' ranges in the buffer) and returns
+/// `(rows, in, out)`.
+pub(crate) fn linear_geom(
     op: &'static str,
-    x: &CpuTensor,
+    x: &Shape,
     w: &View,
     b: Option<&View>,
 ) -> Result<(usize, usize, usize)> {
-    let xd = x.shape().dims();
+    let xd = x.dims();
     ensure_shape(xd.len() >= 2, op, || {
-        format!(
-            "expected an input of rank >= 2 [..., in], got shape {}",
-            x.shape()
-        )
+        format!("expected an input of rank >= 2 [..., in], got shape {x}")
     })?;
     let inp = xd[xd.len() - 1];
     check_view_end(w)?;
@@ -774,7 +804,7 @@ fn linear_geom(
         )
     })?;
     check_bias(b, out, "one per output feature")?;
-    Ok((x.shape().numel() / inp, inp, out))
+    Ok((x.numel() / inp, inp, out))
 }
 
 /// Affine layer on the last dimension: `y = x Wᵀ + b` for `x [..., in]`
@@ -785,7 +815,7 @@ fn linear_geom(
 /// [`NetError::Shape`] for a rank-1 input or a feature mismatch;
 /// [`NetError::View`] for a malformed view or one past the end of `params`.
 pub fn linear(x: &CpuTensor, params: &CpuTensor, w: &View, b: Option<&View>) -> Result<CpuTensor> {
-    let (rows, inp, out) = linear_geom("linear", x, w, b)?;
+    let (rows, inp, out) = linear_geom("linear", x.shape(), w, b)?;
     let wt = view_slice(params, w)?;
     let mut y = vec![0.0f32; rows * out];
     if let Some(b) = b {
@@ -825,15 +855,9 @@ pub fn linear_backward(
     need_dx: bool,
 ) -> Result<Option<CpuTensor>> {
     const OP: &str = "linear_backward";
-    let (rows, inp, out) = linear_geom(OP, x, w, b)?;
-    let mut want = x.shape().dims().to_vec();
-    if let Some(last) = want.last_mut() {
-        *last = out;
-    }
-    ensure_shape(dy.shape().dims() == want.as_slice(), OP, || {
-        format!("dy has shape {}, expected {want:?}", dy.shape())
-    })?;
-    check_grads(OP, params, grads)?;
+    let (rows, inp, out) = linear_geom(OP, x.shape(), w, b)?;
+    check_linear_dy(OP, x.shape(), out, dy.shape())?;
+    check_grads(OP, params.data().len(), grads.data().len())?;
     let wt = view_slice(params, w)?;
     if let Some(b) = b {
         let db = view_slice_mut(grads, b)?;

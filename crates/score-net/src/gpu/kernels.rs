@@ -9,6 +9,9 @@ use super::context::{BindingKind, BindingSpec, KernelSpec};
 /// The source of `shaders/elementwise.wgsl`.
 pub const ELEMENTWISE_WGSL: &str = include_str!("../../../../shaders/elementwise.wgsl");
 
+/// The source of `shaders/gemm.wgsl`.
+pub const GEMM_WGSL: &str = include_str!("../../../../shaders/gemm.wgsl");
+
 /// The source of `shaders/net_ops.wgsl`.
 pub const NET_OPS_WGSL: &str = include_str!("../../../../shaders/net_ops.wgsl");
 
@@ -24,6 +27,7 @@ pub const RNG_WGSL: &str = include_str!("../../../../shaders/rng.wgsl");
 /// Every WGSL file: (file name, source).
 pub const SHADER_FILES: &[(&str, &str)] = &[
     ("elementwise.wgsl", ELEMENTWISE_WGSL),
+    ("gemm.wgsl", GEMM_WGSL),
     ("net_ops.wgsl", NET_OPS_WGSL),
     ("optim.wgsl", OPTIM_WGSL),
     ("reduce.wgsl", REDUCE_WGSL),
@@ -165,6 +169,164 @@ pub const KERNELS: &[KernelSpec] = &[
             },
             BindingSpec {
                 binding: 6,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "gemm_matmul",
+        file: "gemm.wgsl",
+        entry: "gemm_matmul",
+        source: GEMM_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 3,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "conv2d_fwd",
+        file: "gemm.wgsl",
+        entry: "conv2d_fwd",
+        source: GEMM_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 3,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "conv2d_dx",
+        file: "gemm.wgsl",
+        entry: "conv2d_dx",
+        source: GEMM_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 3,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "conv2d_dw",
+        file: "gemm.wgsl",
+        entry: "conv2d_dw",
+        source: GEMM_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 2,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 3,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "gemm_splitk_reduce",
+        file: "gemm.wgsl",
+        entry: "gemm_splitk_reduce",
+        source: GEMM_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
+                kind: BindingKind::StorageReadWrite,
+            },
+        ],
+    },
+    KernelSpec {
+        name: "bias_grad",
+        file: "gemm.wgsl",
+        entry: "bias_grad",
+        source: GEMM_WGSL,
+        workgroup_size: [256, 1, 1],
+        bindings: &[
+            BindingSpec {
+                binding: 0,
+                kind: BindingKind::Uniform,
+            },
+            BindingSpec {
+                binding: 1,
+                kind: BindingKind::StorageRead,
+            },
+            BindingSpec {
+                binding: 4,
                 kind: BindingKind::StorageReadWrite,
             },
         ],

@@ -59,10 +59,10 @@ mod tests {
         assert_eq!(KERNELS.len(), entry_points, "stale kernel table");
         assert_eq!(
             KERNELS.len(),
-            29,
+            35,
             "kernel count (update when adding kernels)"
         );
-        assert_eq!(SHADER_FILES.len(), 5);
+        assert_eq!(SHADER_FILES.len(), 6);
     }
 
     /// Kernel names are unique, and every kernel has at most one uniform (binding 0).
