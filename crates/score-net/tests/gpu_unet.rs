@@ -5,10 +5,13 @@
 //! and dropout (its mask is rebuilt from the same Philox key on both).
 //! REQUIRES a wgpu adapter (fails loudly without one; CI uses llvmpipe).
 //!
-//! Tolerance: `rel * max|cpu| + abs` with rel 2e-4 on every output. Each of
-//! the ~30 layers sums up to a few hundred f32 products in a different order
-//! than the CPU (relative error ~1e-6 per layer); group norms rescale, so the
-//! differences grow roughly linearly with depth, to a few 1e-5 measured.
+//! Tolerance: `rel * max|cpu| + abs` with rel 5e-6 on every output. Each
+//! layer sums up to a few hundred f32 products in a different order than the
+//! CPU, and group norms rescale between layers; measured on llvmpipe the
+//! worst element of every output is within 4.4e-7 of the largest magnitude,
+//! so 5e-6 leaves a 10x margin for other devices' rounding (fused
+//! multiply-adds, `exp`/`sqrt` accuracy) while a wrong index or a missing
+//! term (errors of order 1) cannot pass.
 
 mod common;
 
@@ -17,7 +20,7 @@ use common::randn;
 use score_net::{Embedding, Resample, UnetConfig, UnetScore};
 use sde_core::{Backend, CpuBackend, NoiseKey, ScoreModel, SdeConfig, SdeKind};
 
-const REL: f32 = 2e-4;
+const REL: f32 = 5e-6;
 
 fn config(channels: usize, embedding: Embedding, resample: Resample) -> UnetConfig {
     UnetConfig {

@@ -5,10 +5,12 @@
 //! resumes on the CPU. REQUIRES a wgpu adapter (fails loudly without one; CI
 //! uses llvmpipe).
 //!
-//! Tolerance: the backends differ by f32 summation order (~1e-6 relative per
-//! layer, see score-net's gpu_unet test); over 12 Adam steps the losses agree
-//! to 1e-3 relative and the parameters to 1e-3 of their largest magnitude
-//! (Adam's normalised steps keep parameter differences near lr * 1e-3).
+//! Tolerance: the backends differ by f32 summation order only (see
+//! score-net's gpu_unet test). Measured on llvmpipe over 12 steps: losses
+//! within 4.4e-8 relative, gradient norms within 1.7e-7, final parameters
+//! within 2.8e-6 of their largest magnitude. The test allows 1e-6, 2e-6 and
+//! 3e-5 (a 10-20x margin for other devices); a wrong mask, noise stream or
+//! optimiser term moves them by orders of magnitude more.
 
 use score_net::gpu::WgpuBackend;
 use score_net::UnetConfig;
@@ -68,7 +70,7 @@ fn config(kind: SdeKind) -> TrainConfig {
         training: TrainingConfig {
             batch_size: 8,
             steps: 12,
-            log_every: 0,
+            log_every: 100,
             checkpoint_every: 0,
         },
         ..TrainConfig::default()
@@ -95,14 +97,14 @@ fn tiny_training_run_gives_the_same_loss_curve_on_both_backends() {
             assert_eq!(rc.step, rg.step);
             let rel = (rg.loss - rc.loss).abs() / rc.loss;
             assert!(
-                rel <= 1e-3,
+                rel <= 1e-6,
                 "{kind:?} step {}: loss {} on wgpu vs {} on the CPU",
                 rc.step,
                 rg.loss,
                 rc.loss
             );
             let rel_norm = (rg.grad_norm - rc.grad_norm).abs() / rc.grad_norm;
-            assert!(rel_norm <= 1e-3, "{kind:?} step {}: grad norm", rc.step);
+            assert!(rel_norm <= 2e-6, "{kind:?} step {}: grad norm", rc.step);
         }
         let pc = tc.model.store.params().data().to_vec();
         let pg = gpu.to_vec(tg.model.store.params()).unwrap();
@@ -113,7 +115,7 @@ fn tiny_training_run_gives_the_same_loss_curve_on_both_backends() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(
-            worst <= 1e-3 * scale,
+            worst <= 3e-5 * scale,
             "{kind:?}: parameters differ by {worst}"
         );
         // Training moved the parameters far more than the backends differ,
@@ -124,7 +126,7 @@ fn tiny_training_run_gives_the_same_loss_curve_on_both_backends() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(
-            moved >= 10.0 * worst,
+            moved >= 1e-3 && moved >= 10.0 * worst,
             "{kind:?}: moved {moved}, differ by {worst}"
         );
         // A wgpu checkpoint resumes on the CPU with the same state.
