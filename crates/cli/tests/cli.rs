@@ -455,6 +455,14 @@ fn wgpu_device_trains_and_samples_like_the_cpu() {
         .zip(&c)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(worst < 1e-3, "wgpu and cpu samples differ by {worst}");
+    // The sampler amplifies the backends' per-evaluation differences (~4e-7
+    // relative, see score-net's gpu_unet test) through 50 score evaluations
+    // whose factor grows like 1/sigma(t) near t = eps: measured 9.2e-4 on
+    // llvmpipe. A wrong kernel or noise stream gives differences of order 1.
+    let scale = c.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        worst <= 5e-3 * scale,
+        "wgpu and cpu samples differ by {worst} (scale {scale})"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
