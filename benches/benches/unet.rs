@@ -1,40 +1,76 @@
-//! UNet forward and forward+backward on the CPU backend for the reference
-//! configuration of the score-net issue: 28x28x1 images, base 32 channels,
-//! multipliers (1, 2, 2), 2 residual blocks per level, attention at 7x7,
-//! batch 32 (dropout on during the training step, as in training).
+//! UNet forward and forward+backward for the reference configuration of the
+//! score-net issue: 28x28x1 images, base 32 channels, multipliers (1, 2, 2),
+//! 2 residual blocks per level, attention at 7x7 (dropout on during the
+//! training step, as in training).
+//!
+//! - group `cpu`: the CPU backend, batch 32;
+//! - group `wgpu`: the wgpu backend (skipped with a message when there is no
+//!   adapter), batch 32 on a real GPU and batch 1 on a software adapter
+//!   (llvmpipe runs at well under 1 GFLOP/s); `UNET_WGPU_BATCH` overrides.
+//!   The timed closure ends with `sync()` so the device work is counted.
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use score_net::{ParamBuilder, Unet, UnetConfig};
-use sde_core::{Backend, CpuBackend, CpuTensor, NoiseKey, Shape};
+use score_net::gpu::WgpuBackend;
+use score_net::{NetBackend, ParamBuilder, Unet, UnetConfig};
+use sde_core::{NoiseKey, Shape};
 
-fn bench_unet(c: &mut Criterion) {
-    let b = CpuBackend;
+fn bench_on<B: NetBackend>(c: &mut Criterion, group: &str, b: &B, batch: usize) {
     let cfg = UnetConfig::default();
     let mut pb = ParamBuilder::new();
     let net = Unet::new(&cfg, 28, &mut pb, 0).expect("valid config");
-    let mut store = pb.build(&b, 0).expect("params");
-    let shape = Shape::new([32, 1, 28, 28]).expect("shape");
+    let mut store = pb.build(b, 0).expect("params");
+    let shape = Shape::new([batch, 1, 28, 28]).expect("shape");
     let x = b.gaussian(&shape, NoiseKey::new(1, 0)).expect("noise");
     let dy = b.gaussian(&shape, NoiseKey::new(1, 1)).expect("noise");
-    let t: Vec<f64> = (0..32).map(|i| 10.0 + 30.0 * i as f64).collect();
-    let params: CpuTensor = store.params().clone();
-    let mut group = c.benchmark_group("cpu");
-    group.sample_size(10);
-    group.bench_function("unet_forward/28x28x1-b32-nf32", |bch| {
-        bch.iter(|| net.forward(&b, &params, &x, &t, None).expect("forward").0)
-    });
-    group.bench_function("unet_forward_backward/28x28x1-b32-nf32", |bch| {
+    let t: Vec<f64> = (0..batch).map(|i| 10.0 + 30.0 * i as f64).collect();
+    let params = b
+        .scale(store.params(), sde_core::Coef::Scalar(1.0))
+        .expect("copy");
+    let mut g = c.benchmark_group(group);
+    g.sample_size(10);
+    g.bench_function(format!("unet_forward/28x28x1-b{batch}-nf32"), |bch| {
         bch.iter(|| {
-            let (_, cache) = net
-                .forward(&b, &params, &x, &t, Some(NoiseKey::new(2, 0)))
-                .expect("forward");
-            net.backward(&b, &params, &cache, &dy, store.grads_mut())
-                .expect("backward")
+            let y = net.forward(b, &params, &x, &t, None).expect("forward").0;
+            b.sync().expect("sync");
+            y
         })
     });
-    group.finish();
+    g.bench_function(
+        format!("unet_forward_backward/28x28x1-b{batch}-nf32"),
+        |bch| {
+            bch.iter(|| {
+                let (_, cache) = net
+                    .forward(b, &params, &x, &t, Some(NoiseKey::new(2, 0)))
+                    .expect("forward");
+                let dx = net
+                    .backward(b, &params, &cache, &dy, store.grads_mut())
+                    .expect("backward");
+                b.sync().expect("sync");
+                dx
+            })
+        },
+    );
+    g.finish();
     eprintln!("unet parameters: {}", store.num_params());
+}
+
+fn bench_unet(c: &mut Criterion) {
+    bench_on(c, "cpu", &sde_core::CpuBackend, 32);
+    let gpu = match WgpuBackend::new() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("wgpu UNet benches skipped: {e}");
+            return;
+        }
+    };
+    eprintln!("wgpu adapter: {}", gpu.context().describe());
+    let software = gpu.context().info().device_type == score_net::gpu::wgpu::DeviceType::Cpu;
+    let batch = std::env::var("UNET_WGPU_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if software { 1 } else { 32 });
+    bench_on(c, "wgpu", &gpu, batch);
 }
 
 criterion_group!(benches, bench_unet);

@@ -405,7 +405,7 @@ fn compare_torch() -> Result<(), String> {
     // Rust side: the criterion UNet bench; its stderr is echoed and scanned
     // for the parameter count it prints.
     let load_rust = load();
-    let args = ["bench", "-p", "benches", "--bench", "unet"];
+    let args = ["bench", "-p", "benches", "--bench", "unet", "--", "cpu/"];
     eprintln!("$ cargo {}", args.join(" "));
     let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
