@@ -8,13 +8,13 @@
 //!   window covers each input pixel, skipping those off the stride grid);
 //!   `dW += dy · im2col(x)^T` with split-K over the long `N·H_out·W_out`
 //!   contraction; `db += Σ dy` by a per-channel tree reduction;
-//! - [`linear`], [`linear_backward`]: [`matmul`], a tiled product of dense
+//! - [`linear`], [`linear_backward`]: `matmul`, a tiled product of dense
 //!   row-major operands with transpose flags and offsets (also meant for
 //!   other kernels of this crate).
 //!
 //! Tiles: 64x64 outputs per workgroup of 16x16 threads, 4x4 per thread in
-//! registers, K in steps of [`TILE_K`]. Accumulating products (parameter
-//! gradients) with a contraction longer than [`SPLIT_K_CHUNK`] are split into
+//! registers, K in steps of `TILE_K`. Accumulating products (parameter
+//! gradients) with a contraction longer than `SPLIT_K_CHUNK` are split into
 //! chunks whose partial products go to a scratch buffer and are then added,
 //! in chunk order, into the gradient buffer: results are deterministic (no
 //! float atomics).
@@ -22,7 +22,7 @@
 //! Shapes are validated on the host by the CPU backend's own checks
 //! ([`crate::cpu::conv`]), so a wrong shape is the same typed error on both
 //! backends; views are checked against the flat buffers with
-//! [`super::view_range`].
+//! `view_range`.
 #![allow(clippy::too_many_arguments)]
 
 use sde_core::Shape;
@@ -213,7 +213,7 @@ fn bias_grad(
     Ok(())
 }
 
-/// One dense row-major operand of [`matmul`]: the stored matrix's element
+/// One dense row-major operand of `matmul`: the stored matrix's element
 /// `(i, j)` is `buffer[offset + i·ld + j]`; with `trans` the product uses the
 /// stored matrix transposed.
 #[derive(Clone, Copy, Debug)]
@@ -254,7 +254,7 @@ impl Operand<'_> {
     }
 }
 
-/// How [`matmul`] writes its product into `dst`.
+/// How `matmul` writes its product into `dst`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Store<'a> {
     /// `dst = A·B (+ bias)`, the optional bias `(buffer, offset)` holding one
@@ -263,7 +263,7 @@ pub(crate) enum Store<'a> {
         /// Per-column bias: buffer and element offset.
         bias: Option<(&'a wgpu::Buffer, u32)>,
     },
-    /// `dst += A·B`, split-K when K is longer than [`SPLIT_K_CHUNK`]
+    /// `dst += A·B`, split-K when K is longer than `SPLIT_K_CHUNK`
     /// (deterministic: the chunks are added in order).
     Accumulate,
 }

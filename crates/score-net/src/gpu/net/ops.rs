@@ -5,7 +5,7 @@
 //! Every function validates its arguments with the same checks as the CPU
 //! reference ([`crate::cpu::ops`]), so a wrong shape or view is the same typed
 //! error on both backends, then records its dispatches (nothing waits for the
-//! device). Outputs come from [`WgpuBackend::output`] and every kernel writes
+//! device). Outputs come from `WgpuBackend::output` and every kernel writes
 //! every output element.
 //!
 //! Kernel design (details in the WGSL file):
