@@ -64,6 +64,16 @@ struct RngParams {
     _pad: [u32; 3],
 }
 
+/// The subgroup version (in `reduce_subgroup.wgsl`) of a reduction kernel of
+/// `reduce.wgsl`.
+fn subgroup_kernel(kernel: &'static str) -> &'static str {
+    match kernel {
+        "sample_dot" => "sample_dot_sg",
+        "sample_scaled_rms" => "sample_scaled_rms_sg",
+        other => other,
+    }
+}
+
 /// A [`GpuError`] as an `sde_core::Error`.
 pub(crate) fn gpu(e: GpuError) -> Error {
     NetError::Gpu(e).into()
@@ -175,7 +185,9 @@ impl WgpuBackend {
         Ok(out)
     }
 
-    /// Runs a reduction kernel and returns the per-sample sums (partials added in `f64`).
+    /// Runs a reduction kernel and returns the per-sample sums (partials added
+    /// in `f64`): `kernel` of `reduce.wgsl`, or its `<kernel>_sg` version of
+    /// `reduce_subgroup.wgsl` when [`GpuContext::has_subgroups`].
     pub(crate) fn reduce(
         &self,
         kernel: &'static str,
@@ -195,6 +207,11 @@ impl WgpuBackend {
             .map_err(gpu)?;
         let mut buffers = inputs.to_vec();
         buffers.push(&partial);
+        let kernel = if self.ctx.has_subgroups() {
+            subgroup_kernel(kernel)
+        } else {
+            kernel
+        };
         self.ctx
             .dispatch(
                 kernel,
