@@ -9,7 +9,10 @@
 //! Numerics versus the CPU reference: elementwise kernels follow the CPU's
 //! evaluation order (a driver may still fuse a multiply-add, a difference of
 //! about one `f32` ulp); `select` copies bits and is exact; reductions sum at
-//! most 1024 terms per workgroup in `f32` and add the partials in `f64`;
+//! most 1024 terms per workgroup in `f32` and add the partials in `f64` (with
+//! subgroup operations where the device has them, `reduce_subgroup.wgsl`,
+//! else a shared-memory tree, `reduce.wgsl`; the order of the `f32` additions
+//! differs between the two, so results may differ in the last bits);
 //! uniform and Rademacher fills are bit-identical; Gaussian fills match to the
 //! accuracy of the device's `log`/`sqrt`/`sin`/`cos`.
 
