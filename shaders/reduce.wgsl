@@ -11,6 +11,9 @@
 // adds the per-chunk partials of each sample in f64. So every f32 sum spans
 // at most 1024 products (a rounding error around 1e-6 relative to the sum of
 // magnitudes in the worst case, far less in practice).
+//
+// `reduce_subgroup.wgsl` has subgroup versions of the two sums (`*_sg`), used
+// instead of these where the device supports subgroups; these are the fallback.
 
 struct Params {
     // Elements per sample (first_nonfinite: elements in the tensor).

@@ -104,15 +104,21 @@ fn adapter_is_found_and_described() {
     println!("adapter: {d}");
 }
 
-/// Every kernel in the table compiles into a pipeline on this device.
+/// Every kernel in the table compiles into a pipeline on this device (the
+/// subgroup kernels only where the subgroup path is in use).
 #[test]
 fn every_kernel_compiles() {
     let b = gpu();
     b.context().warm_up().unwrap();
-    assert_eq!(
-        b.context().cached_pipelines(),
-        score_net::gpu::kernels::KERNELS.len()
-    );
+    let kernels = score_net::gpu::kernels::KERNELS;
+    let expected = kernels
+        .iter()
+        .filter(|k| !k.subgroups || b.context().has_subgroups())
+        .count();
+    assert_eq!(b.context().cached_pipelines(), expected);
+    if b.context().has_subgroups() {
+        assert_eq!(expected, kernels.len());
+    }
 }
 
 /// THE acceptance test: golden noise vectors and every op against the CPU
@@ -250,6 +256,99 @@ fn reductions_match_cpu_at_odd_sizes() {
             assert_close64(&format!("scaled_rms {s} {atol} {rtol}"), &got, &want, 1e-5);
         }
     }
+}
+
+/// Both reduction paths, subgroup (`reduce_subgroup.wgsl`, where the device
+/// has `wgpu::Features::SUBGROUP`) and the shared-memory fallback
+/// (`reduce.wgsl`), on a context of their own: they match the CPU at sizes
+/// around the 256-thread and 1024-element chunk boundaries with several
+/// samples, sums of ones are exact, and the kernel each path names is the one
+/// compiled. On Mesa's llvmpipe (CI, this project's software adapter) the
+/// subgroup path must be available and on by default.
+#[test]
+fn subgroup_and_fallback_reductions_match_cpu() {
+    use score_net::gpu::{wgpu, GpuContext, NO_SUBGROUPS_ENV};
+    let ctx = std::sync::Arc::new(GpuContext::new().unwrap());
+    let supported = ctx.subgroups_supported();
+    let name = ctx.info().name.clone();
+    eprintln!("subgroups: {}", ctx.describe());
+    assert_eq!(
+        supported,
+        ctx.adapter().features().contains(wgpu::Features::SUBGROUP),
+        "the device has SUBGROUP exactly when the adapter offers it"
+    );
+    let disabled = std::env::var(NO_SUBGROUPS_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
+    assert_eq!(ctx.has_subgroups(), supported && !disabled);
+    if name.to_lowercase().contains("llvmpipe") {
+        assert!(supported, "llvmpipe offers subgroups, but {name} did not");
+    }
+    let b = WgpuBackend::from_context(ctx.clone());
+    let c = CpuBackend;
+    let mut shapes = Vec::new();
+    for batch in [1, 3] {
+        for d in [1, 7, 255, 257, 1023, 1024, 1025, 70_001] {
+            shapes.push(shape(&[batch, d]));
+        }
+    }
+    let paths: &[bool] = if supported { &[true, false] } else { &[false] };
+    for &subgroups in paths {
+        assert_eq!(ctx.set_subgroups_enabled(subgroups), subgroups);
+        let path = if subgroups { "subgroup" } else { "fallback" };
+        for s in &shapes {
+            let xc = c.tensor(randn(s, 11), s).unwrap();
+            let x = b.tensor(c.to_vec(&xc).unwrap(), s).unwrap();
+            let yc = c.tensor(randn(s, 12), s).unwrap();
+            let y = b.tensor(c.to_vec(&yc).unwrap(), s).unwrap();
+            let zc = c.tensor(randn(s, 13), s).unwrap();
+            let z = b.tensor(c.to_vec(&zc).unwrap(), s).unwrap();
+            let got = b.sample_dot(&x, &y).unwrap();
+            let want = c.sample_dot(&xc, &yc).unwrap();
+            assert_close64(&format!("{path} sample_dot {s}"), &got, &want, 1e-5);
+            for (atol, rtol) in [(1e-3, 1e-2), (1.0, 0.0)] {
+                let got = b.sample_scaled_rms(&x, &y, &z, atol, rtol).unwrap();
+                let want = c.sample_scaled_rms(&xc, &yc, &zc, atol, rtol).unwrap();
+                assert_close64(
+                    &format!("{path} scaled_rms {s} {atol} {rtol}"),
+                    &got,
+                    &want,
+                    1e-5,
+                );
+            }
+            // Every element counted exactly once: integer sums, exact in f32.
+            let ones = b.full(s, 1.0).unwrap();
+            let d = s.sample_numel() as f64;
+            assert_eq!(
+                b.sample_dot(&ones, &ones).unwrap(),
+                vec![d; s.batch()],
+                "{path} sum of ones {s}"
+            );
+            let rms = b.sample_scaled_rms(&ones, &ones, &ones, 0.0, 1.0).unwrap();
+            assert_eq!(rms, vec![1.0; s.batch()], "{path} unit rms {s}");
+        }
+        assert!(ctx.is_compiled(if subgroups {
+            "sample_dot_sg"
+        } else {
+            "sample_dot"
+        }));
+        assert!(ctx.is_compiled(if subgroups {
+            "sample_scaled_rms_sg"
+        } else {
+            "sample_scaled_rms"
+        }));
+        if subgroups {
+            assert!(
+                !ctx.is_compiled("sample_dot"),
+                "fallback ran on the subgroup path"
+            );
+        }
+    }
+    if !supported {
+        assert!(!ctx.set_subgroups_enabled(true));
+        assert!(!ctx.is_compiled("sample_dot_sg"));
+        assert!(ctx.warm_up().is_ok());
+        assert!(!ctx.is_compiled("sample_dot_sg"));
+    }
+    ctx.check_fault().unwrap();
 }
 
 /// select never mixes samples: NaN and infinity in the sample not taken do

@@ -9,7 +9,10 @@
 //! Numerics versus the CPU reference: elementwise kernels follow the CPU's
 //! evaluation order (a driver may still fuse a multiply-add, a difference of
 //! about one `f32` ulp); `select` copies bits and is exact; reductions sum at
-//! most 1024 terms per workgroup in `f32` and add the partials in `f64`;
+//! most 1024 terms per workgroup in `f32` and add the partials in `f64` (with
+//! subgroup operations where the device has them, `reduce_subgroup.wgsl`,
+//! else a shared-memory tree, `reduce.wgsl`; the order of the `f32` additions
+//! differs between the two, so results may differ in the last bits);
 //! uniform and Rademacher fills are bit-identical; Gaussian fills match to the
 //! accuracy of the device's `log`/`sqrt`/`sin`/`cos`.
 
@@ -62,6 +65,16 @@ struct RngParams {
     stream_lo: u32,
     stream_hi: u32,
     _pad: [u32; 3],
+}
+
+/// The subgroup version (in `reduce_subgroup.wgsl`) of a reduction kernel of
+/// `reduce.wgsl`.
+fn subgroup_kernel(kernel: &'static str) -> &'static str {
+    match kernel {
+        "sample_dot" => "sample_dot_sg",
+        "sample_scaled_rms" => "sample_scaled_rms_sg",
+        other => other,
+    }
 }
 
 /// A [`GpuError`] as an `sde_core::Error`.
@@ -175,7 +188,9 @@ impl WgpuBackend {
         Ok(out)
     }
 
-    /// Runs a reduction kernel and returns the per-sample sums (partials added in `f64`).
+    /// Runs a reduction kernel and returns the per-sample sums (partials added
+    /// in `f64`): `kernel` of `reduce.wgsl`, or its `<kernel>_sg` version of
+    /// `reduce_subgroup.wgsl` when [`GpuContext::has_subgroups`].
     pub(crate) fn reduce(
         &self,
         kernel: &'static str,
@@ -195,6 +210,11 @@ impl WgpuBackend {
             .map_err(gpu)?;
         let mut buffers = inputs.to_vec();
         buffers.push(&partial);
+        let kernel = if self.ctx.has_subgroups() {
+            subgroup_kernel(kernel)
+        } else {
+            kernel
+        };
         self.ctx
             .dispatch(
                 kernel,

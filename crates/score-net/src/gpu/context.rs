@@ -15,9 +15,17 @@
 //! recording order), and kernel parameters are written into one uniform
 //! arena per pending encoder, bound at an offset, instead of a new uniform
 //! buffer per dispatch.
+//!
+//! Subgroups: the device is created with `wgpu::Features::SUBGROUP` when the
+//! adapter offers it, and then the reductions use the subgroup kernels of
+//! `shaders/reduce_subgroup.wgsl` ([`GpuContext::has_subgroups`]). Setting the
+//! environment variable [`NO_SUBGROUPS_ENV`] (`SCORE_NET_NO_SUBGROUPS=1`)
+//! forces the shared-memory fallback, as does
+//! [`GpuContext::set_subgroups_enabled`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use wgpu::util::DeviceExt;
@@ -30,6 +38,11 @@ pub const WORKGROUP: u32 = 256;
 
 /// Dispatches recorded before the pending encoder is submitted on its own.
 pub const MAX_PENDING_DISPATCHES: usize = 256;
+
+/// Environment variable that, set to anything but empty or `0`, disables the
+/// subgroup kernels (the shared-memory fallback runs even where the device has
+/// subgroups). Read when a context is created.
+pub const NO_SUBGROUPS_ENV: &str = "SCORE_NET_NO_SUBGROUPS";
 
 /// Bytes of the uniform arena: one slot of up to 256 bytes per pending dispatch.
 const UNIFORM_ARENA_BYTES: u64 = 256 * MAX_PENDING_DISPATCHES as u64;
@@ -189,6 +202,9 @@ pub struct KernelSpec {
     pub source: &'static str,
     /// `@workgroup_size`.
     pub workgroup_size: [u32; 3],
+    /// The kernel uses subgroup operations (its file is `*_subgroup.wgsl`):
+    /// it compiles only on devices with `wgpu::Features::SUBGROUP`.
+    pub subgroups: bool,
     /// The bindings the entry point uses, sorted by index.
     pub bindings: &'static [BindingSpec],
 }
@@ -233,6 +249,10 @@ pub struct GpuContext {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
+    /// The device was created with `wgpu::Features::SUBGROUP`.
+    subgroup_feature: bool,
+    /// The subgroup kernels are in use (only ever true with the feature).
+    use_subgroups: AtomicBool,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
     pending: Mutex<Pending>,
@@ -317,13 +337,16 @@ impl GpuContext {
         Self::from_adapter(adapter)
     }
 
-    /// Creates the device on `adapter` with the adapter's own limits.
+    /// Creates the device on `adapter` with the adapter's own limits, and with
+    /// `wgpu::Features::SUBGROUP` when the adapter offers it (the subgroup
+    /// kernels are then used unless [`NO_SUBGROUPS_ENV`] is set).
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self, GpuError> {
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let features = adapter.features() & wgpu::Features::SUBGROUP;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("score-net"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -357,12 +380,16 @@ impl GpuContext {
             mapped_at_creation: false,
         });
         let uniform_align = u64::from(limits.min_uniform_buffer_offset_alignment).max(16);
+        let subgroup_feature = device.features().contains(wgpu::Features::SUBGROUP);
+        let disabled = std::env::var(NO_SUBGROUPS_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
         Ok(GpuContext {
             adapter,
             device,
             queue,
             info,
             limits,
+            subgroup_feature,
+            use_subgroups: AtomicBool::new(subgroup_feature && !disabled),
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending {
@@ -377,13 +404,51 @@ impl GpuContext {
         })
     }
 
-    /// `name (backend, device type, driver driver_info)`, for logs.
+    /// `name (backend, device type, driver driver_info, subgroups ...)`, for
+    /// logs; the last part says whether the subgroup kernels are in use, with
+    /// the adapter's subgroup size range, or why not.
     pub fn describe(&self) -> String {
         let i = &self.info;
+        let subgroups = if self.has_subgroups() {
+            format!(
+                "subgroups {}..={}",
+                i.subgroup_min_size, i.subgroup_max_size
+            )
+        } else if self.subgroup_feature {
+            format!(
+                "subgroups {}..={} disabled",
+                i.subgroup_min_size, i.subgroup_max_size
+            )
+        } else {
+            "no subgroups".to_string()
+        };
         format!(
-            "{} ({:?}, {:?}, driver {} {})",
+            "{} ({:?}, {:?}, driver {} {}, {subgroups})",
             i.name, i.backend, i.device_type, i.driver, i.driver_info
         )
+    }
+
+    /// Whether the subgroup kernels are in use: the device has
+    /// `wgpu::Features::SUBGROUP`, and neither [`NO_SUBGROUPS_ENV`] nor
+    /// [`Self::set_subgroups_enabled`] turned them off. When false, the
+    /// reductions run their shared-memory fallback.
+    pub fn has_subgroups(&self) -> bool {
+        self.use_subgroups.load(Ordering::Relaxed)
+    }
+
+    /// Whether the device has `wgpu::Features::SUBGROUP` (whatever
+    /// [`Self::has_subgroups`] says).
+    pub fn subgroups_supported(&self) -> bool {
+        self.subgroup_feature
+    }
+
+    /// Turns the subgroup kernels on or off (on only takes effect where the
+    /// device supports them); returns [`Self::has_subgroups`] afterwards.
+    /// Work already recorded is unaffected.
+    pub fn set_subgroups_enabled(&self, enabled: bool) -> bool {
+        let on = enabled && self.subgroup_feature;
+        self.use_subgroups.store(on, Ordering::Relaxed);
+        on
     }
 
     /// The adapter's information.
@@ -550,6 +615,12 @@ impl GpuContext {
         if let Some(p) = lock(&self.pipelines).get(spec.name) {
             return Ok(p.clone());
         }
+        if spec.subgroups && !self.subgroup_feature {
+            return Err(GpuError::Device(format!(
+                "kernel {} uses subgroup operations, which {} does not support",
+                spec.name, self.info.name
+            )));
+        }
         let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
             .bindings
             .iter()
@@ -605,9 +676,14 @@ impl GpuContext {
         Ok(p)
     }
 
-    /// Compiles every kernel of the table now (otherwise each compiles on first use).
+    /// Compiles every kernel of the table now (otherwise each compiles on
+    /// first use), except the subgroup kernels when [`Self::has_subgroups`]
+    /// is false.
     pub fn warm_up(&self) -> Result<(), GpuError> {
         for k in KERNELS {
+            if k.subgroups && !self.has_subgroups() {
+                continue;
+            }
             self.pipeline(k.name)?;
         }
         self.check_fault()
@@ -616,6 +692,11 @@ impl GpuContext {
     /// Number of kernels compiled so far.
     pub fn cached_pipelines(&self) -> usize {
         lock(&self.pipelines).len()
+    }
+
+    /// Whether the kernel `name` has been compiled (used, or warmed up).
+    pub fn is_compiled(&self, name: &str) -> bool {
+        lock(&self.pipelines).contains_key(name)
     }
 
     /// A grid of `[x, y, 1]` workgroups covering `threads` threads of a 1-D

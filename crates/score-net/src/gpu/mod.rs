@@ -21,6 +21,7 @@ pub mod tensor;
 pub use backend::WgpuBackend;
 pub use context::{
     BindingKind, BindingSpec, BufferPool, GpuContext, KernelSpec, PoolStats, PooledBuffer,
+    NO_SUBGROUPS_ENV,
 };
 pub use tensor::WgpuTensor;
 /// The `wgpu` crate this backend is built on (for adapters, limits and backends).
@@ -31,38 +32,54 @@ mod tests {
     use super::kernels::{KERNELS, SHADER_FILES};
     use super::BindingKind;
 
-    /// Every embedded WGSL file parses and validates with naga, and the kernel
-    /// table lists exactly the compute entry points found (a non-zero number).
+    /// Every embedded WGSL file parses and validates with naga (the
+    /// `*_subgroup.wgsl` files with the `SUBGROUP` capability, and only with
+    /// it; the others without), and the kernel table lists exactly the compute
+    /// entry points found (a non-zero number), with the right `subgroups` flag.
     #[test]
     fn embedded_shaders_validate_with_naga() {
+        use naga::valid::{Capabilities, ValidationFlags, Validator};
         let mut entry_points = 0;
+        let mut subgroup_kernels = 0;
         for (file, source) in SHADER_FILES {
             let module = naga::front::wgsl::parse_str(source)
                 .unwrap_or_else(|e| panic!("{}", e.emit_to_string_with_path(source, file)));
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::default(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}", e.emit_to_string_with_path(source, file)));
+            let subgroups = file.ends_with("_subgroup.wgsl");
+            let plain =
+                Validator::new(ValidationFlags::all(), Capabilities::default()).validate(&module);
+            if subgroups {
+                assert!(plain.is_err(), "{file} validates without SUBGROUP");
+                Validator::new(
+                    ValidationFlags::all(),
+                    Capabilities::default() | Capabilities::SUBGROUP,
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}", e.emit_to_string_with_path(source, file)));
+            } else {
+                plain.unwrap_or_else(|e| panic!("{}", e.emit_to_string_with_path(source, file)));
+            }
             for ep in &module.entry_points {
                 assert_eq!(ep.stage, naga::ShaderStage::Compute, "{file}: {}", ep.name);
                 assert!(
-                    KERNELS.iter().any(|k| k.file == *file && k.entry == ep.name),
+                    KERNELS
+                        .iter()
+                        .any(|k| k.file == *file && k.entry == ep.name && k.subgroups == subgroups),
                     "{file}: entry point {} is missing from the kernel table; run `cargo xtask shaders`",
                     ep.name
                 );
                 entry_points += 1;
+                subgroup_kernels += usize::from(subgroups);
             }
         }
         assert!(entry_points > 0, "no kernels validated");
         assert_eq!(KERNELS.len(), entry_points, "stale kernel table");
         assert_eq!(
             KERNELS.len(),
-            35,
+            37,
             "kernel count (update when adding kernels)"
         );
-        assert_eq!(SHADER_FILES.len(), 6);
+        assert_eq!(subgroup_kernels, 2, "subgroup kernel count");
+        assert_eq!(SHADER_FILES.len(), 7);
     }
 
     /// Kernel names are unique, and every kernel has at most one uniform (binding 0).
