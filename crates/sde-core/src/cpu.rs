@@ -1,15 +1,21 @@
-//! The CPU implementation of [`Backend`]: plain `Vec<f32>` storage with
+//! The CPU implementation of [`Backend`]: `f32` storage shared copy-on-write
+//! (cloning a tensor is free; writing to a shared one copies it first) with
 //! cache-friendly loops. It is a first-class backend (what machines without a
 //! GPU run) and the reference every other backend is tested against.
+
+use std::sync::Arc;
 
 use crate::backend::check_same_shape;
 use crate::{Backend, Coef, Error, NoiseKey, Result, Shape};
 
-/// A tensor in host memory.
+/// A tensor in host memory. Clones share the elements (networks cache
+/// their activations for the backward pass without copying them);
+/// [`CpuTensor::data_mut`] copies them first when they are shared, so a
+/// tensor still behaves as a value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuTensor {
     shape: Shape,
-    data: Vec<f32>,
+    data: Arc<Vec<f32>>,
 }
 
 impl CpuTensor {
@@ -23,7 +29,10 @@ impl CpuTensor {
                 shape,
             });
         }
-        Ok(CpuTensor { shape, data })
+        Ok(CpuTensor {
+            shape,
+            data: Arc::new(data),
+        })
     }
 
     /// The shape.
@@ -36,9 +45,9 @@ impl CpuTensor {
         &self.data
     }
 
-    /// Mutable access to the elements.
+    /// Mutable access to the elements (copied first if another clone shares them).
     pub fn data_mut(&mut self) -> &mut [f32] {
-        &mut self.data
+        Arc::make_mut(&mut self.data).as_mut_slice()
     }
 
     /// The elements of sample `n`.
@@ -49,7 +58,7 @@ impl CpuTensor {
 
     /// Consumes the tensor, returning its elements.
     pub fn into_vec(self) -> Vec<f32> {
-        self.data
+        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
     }
 }
 
@@ -63,7 +72,7 @@ impl CpuBackend {
         fill(&mut data);
         CpuTensor {
             shape: shape.clone(),
-            data,
+            data: Arc::new(data),
         }
     }
 }
@@ -84,13 +93,13 @@ impl Backend for CpuBackend {
     }
 
     fn to_vec(&self, x: &CpuTensor) -> Result<Vec<f32>> {
-        Ok(x.data.clone())
+        Ok(x.data.to_vec())
     }
 
     fn full(&self, shape: &Shape, value: f32) -> Result<CpuTensor> {
         Ok(CpuTensor {
             shape: shape.clone(),
-            data: vec![value; shape.numel()],
+            data: Arc::new(vec![value; shape.numel()]),
         })
     }
 
@@ -113,7 +122,7 @@ impl Backend for CpuBackend {
         }
         Ok(CpuTensor {
             shape: shape.clone(),
-            data: out,
+            data: Arc::new(out),
         })
     }
 
@@ -132,16 +141,21 @@ impl Backend for CpuBackend {
         }
         Ok(CpuTensor {
             shape: new.shape.clone(),
-            data,
+            data: Arc::new(data),
         })
     }
 
     fn mul(&self, x: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
         check_same_shape("mul", &x.shape, &y.shape)?;
-        let data = x.data.iter().zip(&y.data).map(|(a, b)| a * b).collect();
+        let data = x
+            .data
+            .iter()
+            .zip(y.data.iter())
+            .map(|(a, b)| a * b)
+            .collect();
         Ok(CpuTensor {
             shape: x.shape.clone(),
-            data,
+            data: Arc::new(data),
         })
     }
 
@@ -170,7 +184,7 @@ impl Backend for CpuBackend {
         debug_assert_eq!(data.len(), d * x.shape.batch());
         Ok(CpuTensor {
             shape: x.shape.clone(),
-            data,
+            data: Arc::new(data),
         })
     }
 

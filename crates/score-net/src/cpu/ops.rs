@@ -119,17 +119,59 @@ pub(crate) fn group_norm_check(
 }
 
 /// Mean and `1/sqrt(var + eps)` of `x` (two-pass, `f64`).
+/// Lanes of the vectorisable sums: independent `f64` accumulators, added
+/// together at the end (a single serial accumulator would chain every add on
+/// the previous one and cannot be vectorised).
+const LANES: usize = 8;
+
+/// `sum_i f(x_i)` in `f64` over [`LANES`] accumulators.
+fn lane_sum(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let mut it = x.chunks_exact(LANES);
+    for c in &mut it {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(f64::from(v));
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(it.remainder()) {
+        *a += f(f64::from(v));
+    }
+    acc.iter().sum()
+}
+
+/// `(sum_i d_i (x_i - mean), sum_i d_i)` in `f64` over [`LANES`] accumulators.
+fn lane_sums2(x: &[f32], d: &[f32], mean: f64) -> (f64, f64) {
+    let (mut a, mut b) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let mut xi = x.chunks_exact(LANES);
+    let mut di = d.chunks_exact(LANES);
+    for (xc, dc) in (&mut xi).zip(&mut di) {
+        for k in 0..LANES {
+            let dv = f64::from(dc[k]);
+            a[k] += dv * (f64::from(xc[k]) - mean);
+            b[k] += dv;
+        }
+    }
+    for (k, (&v, &dv)) in xi.remainder().iter().zip(di.remainder()).enumerate() {
+        let dv = f64::from(dv);
+        a[k] += dv * (f64::from(v) - mean);
+        b[k] += dv;
+    }
+    (a.iter().sum(), b.iter().sum())
+}
+
+/// `mean` as two `f32`s, `hi + lo`: `(v - hi) - lo` is `v - mean` to about
+/// one `f32` ulp of the difference even when `|mean|` dwarfs the spread
+/// (`v - hi` is exact for `v` near `hi`), where `v - mean as f32` would
+/// carry the rounding error of `mean` itself.
+fn split_mean(mean: f64) -> (f32, f32) {
+    let hi = mean as f32;
+    (hi, (mean - f64::from(hi)) as f32)
+}
+
 fn moments(x: &[f32], eps: f32) -> (f64, f64) {
     let m = x.len().max(1) as f64;
-    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / m;
-    let var = x
-        .iter()
-        .map(|&v| {
-            let d = f64::from(v) - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / m;
+    let mean = lane_sum(x, |v| v) / m;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / m;
     (mean, 1.0 / (var + f64::from(eps)).sqrt())
 }
 
@@ -157,11 +199,13 @@ pub fn group_norm(
         let xs = &xd[i * cg * hw..(i + 1) * cg * hw];
         let (mean, rstd) = moments(xs, eps);
         let c0 = (i % groups) * cg;
+        // Per element in f32: (x - mean) * (rstd * gamma) + beta (statistics in f64).
+        let (hi, lo) = split_mean(mean);
         for (ci, (oc, xc)) in o.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
-            let scale = rstd * f64::from(g[c0 + ci]);
-            let shift = f64::from(b[c0 + ci]) - mean * scale;
+            let scale = (rstd * f64::from(g[c0 + ci])) as f32;
+            let shift = b[c0 + ci];
             for (o, &v) in oc.iter_mut().zip(xc) {
-                *o = (f64::from(v) * scale + shift) as f32;
+                *o = ((v - hi) - lo) * scale + shift;
             }
         }
     });
@@ -206,16 +250,9 @@ pub fn group_norm_backward(
         let (pg, pb) = part.split_at_mut(cg);
         for ci in 0..cg {
             let gc = f64::from(g[c0 + ci]);
-            let (mut dg, mut db) = (0.0f64, 0.0f64);
-            for (&v, &d) in xs[ci * hw..(ci + 1) * hw]
-                .iter()
-                .zip(&dys[ci * hw..(ci + 1) * hw])
-            {
-                let xh = (f64::from(v) - mean) * rstd;
-                let d = f64::from(d);
-                dg += d * xh;
-                db += d;
-            }
+            let r = ci * hw..(ci + 1) * hw;
+            let (dxc, db) = lane_sums2(&xs[r.clone()], &dys[r], mean);
+            let dg = dxc * rstd;
             pg[ci] = dg;
             pb[ci] = db;
             s1 += gc * db;
@@ -223,12 +260,15 @@ pub fn group_norm_backward(
         }
         let m = gs as f64;
         let (m1, m2) = (s1 / m, s2 / m);
+        // Per element in f32: rstd * (dy * gamma - m1 - xhat * m2).
+        let ((hi, lo), rstd32) = (split_mean(mean), rstd as f32);
+        let (m1, m2) = (m1 as f32, m2 as f32);
         for ci in 0..cg {
-            let gc = f64::from(g[c0 + ci]);
+            let gc = g[c0 + ci];
             let r = ci * hw..(ci + 1) * hw;
             for ((o, &v), &d) in dxs[r.clone()].iter_mut().zip(&xs[r.clone()]).zip(&dys[r]) {
-                let xh = (f64::from(v) - mean) * rstd;
-                *o = (rstd * (f64::from(d) * gc - m1 - xh * m2)) as f32;
+                let xh = ((v - hi) - lo) * rstd32;
+                *o = rstd32 * (d * gc - m1 - xh * m2);
             }
         }
     };
@@ -459,7 +499,7 @@ pub fn sum_spatial(dy: &CpuTensor) -> Result<CpuTensor> {
     let out = dy
         .data()
         .chunks_exact(h * w)
-        .map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
+        .map(|p| lane_sum(p, |v| v) as f32)
         .collect();
     tensor(out, &[n, c])
 }
@@ -526,10 +566,21 @@ pub(crate) fn attention_check(
     Ok((d[0], d[1], d[2]))
 }
 
-/// `<a, b>` in `f32`.
+/// `<a, b>` in `f32` over [`LANES`] independent accumulators (vectorisable).
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0.0f32; LANES];
+    let mut ai = a.chunks_exact(LANES);
+    let mut bi = b.chunks_exact(LANES);
+    for (ac, bc) in (&mut ai).zip(&mut bi) {
+        for k in 0..LANES {
+            acc[k] += ac[k] * bc[k];
+        }
+    }
+    for (k, (x, y)) in ai.remainder().iter().zip(bi.remainder()).enumerate() {
+        acc[k] += x * y;
+    }
+    acc.iter().sum()
 }
 
 /// `y += alpha x`.
