@@ -28,7 +28,7 @@
 use sde_core::Shape;
 
 use super::super::{WgpuBackend, WgpuTensor};
-use super::view_range;
+use super::{grads_range, view_range};
 use crate::cpu::conv::{check_conv_dy, check_grads, check_linear_dy, conv_geom, linear_geom, Geom};
 use crate::error::GpuError;
 use crate::{Conv2dSpec, NetError, Result, View};
@@ -348,7 +348,7 @@ fn bias_offset(
 ) -> Result<Option<u32>> {
     b.map(|b| {
         if let Some(g) = grads {
-            view_range(g, b)?;
+            grads_range(g, b)?;
         }
         view_range(params, b).map(|(off, _)| off)
     })
@@ -412,7 +412,7 @@ pub fn conv2d_backward(
     check_conv_dy(OP, &g, dy.shape())?;
     check_grads(OP, params.shape().numel(), grads.shape().numel())?;
     let (w_off, _) = view_range(params, w)?;
-    view_range(grads, w)?;
+    grads_range(grads, w)?;
     let b_off = bias_offset(params, Some(grads), b)?;
     let base = conv_params(&g)?;
 
@@ -529,7 +529,7 @@ pub fn linear_backward(
     check_linear_dy(OP, x.shape(), out, dy.shape())?;
     check_grads(OP, params.shape().numel(), grads.shape().numel())?;
     let (w_off, _) = view_range(params, w)?;
-    view_range(grads, w)?;
+    grads_range(grads, w)?;
     let b_off = bias_offset(params, Some(grads), b)?;
     if let Some(bo) = b_off {
         bias_grad(be, dy.buffer(), rows, out, 1, grads.buffer(), bo)?;

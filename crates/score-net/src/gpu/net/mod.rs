@@ -22,15 +22,24 @@ use super::{WgpuBackend, WgpuTensor};
 use crate::error::NetError;
 use crate::{AdamStep, Conv2dSpec, NetBackend, Result, View};
 
-/// Checks that `view` lies inside the flat buffer `params` (parameters or
-/// gradients) and returns its `(offset, numel)` as the kernels index them.
+/// Checks that `view` lies inside the flat parameter buffer and returns its
+/// `(offset, numel)` as the kernels index them (the CPU's error otherwise).
 pub(crate) fn view_range(params: &WgpuTensor, view: &View) -> Result<(u32, u32)> {
-    let len = params.shape().numel();
+    range_in(params, view, "parameter")
+}
+
+/// [`view_range`] for the flat gradient buffer.
+pub(crate) fn grads_range(grads: &WgpuTensor, view: &View) -> Result<(u32, u32)> {
+    range_in(grads, view, "gradient")
+}
+
+fn range_in(buf: &WgpuTensor, view: &View, what: &str) -> Result<(u32, u32)> {
+    let len = buf.shape().numel();
     if view.range().end > len {
         return Err(NetError::View {
             name: format!("@{}", view.offset),
             reason: format!(
-                "{:?} ends past the flat buffer ({len} elements)",
+                "{:?} ends past the {what} buffer ({len} elements)",
                 view.range()
             ),
         });

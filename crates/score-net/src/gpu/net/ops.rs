@@ -26,7 +26,7 @@
 use sde_core::{NoiseKey, Shape};
 
 use super::super::{WgpuBackend, WgpuTensor};
-use super::view_range;
+use super::{grads_range, view_range};
 use crate::cpu::ops::{
     attention_check, channel_bias_check, check_same_shape, concat_check, dropout_check,
     even_image_dims, from_tokens_check, group_norm_check, image_shape, split_check,
@@ -170,8 +170,8 @@ pub fn group_norm_backward(
     check_same_shape(OP, x.shape(), dy.shape())?;
     let (g_off, _) = view_range(params, gamma)?;
     // Check the gradient views before doing any work (as the CPU does).
-    let (dg_off, _) = view_range(grads, gamma)?;
-    let (db_off, _) = view_range(grads, beta)?;
+    let (dg_off, _) = grads_range(grads, gamma)?;
+    let (db_off, _) = grads_range(grads, beta)?;
     let ctx = be.context();
     let (dx, _) = be.output(OP, x.shape())?;
     // (dgamma, dbeta) partial sums per (sample, channel).
