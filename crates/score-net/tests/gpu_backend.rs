@@ -550,7 +550,8 @@ fn long_op_chains_batch_correctly() {
     let s = shape(&[5, 257]);
     let (mut x, mut xc) = both(&randn(&s, 1), &s);
     let (y, yc) = both(&randn(&s, 2), &s);
-    for k in 0..600 {
+    // More dispatches than one encoder takes, so it is submitted on its own.
+    for k in 0..score_net::gpu::context::MAX_PENDING_DISPATCHES + 300 {
         let a = if k % 2 == 0 { 0.999 } else { 1.001 };
         x = b
             .lincomb(&[(Coef::Scalar(a), &x), (Coef::Scalar(1e-3), &y)])
@@ -561,7 +562,7 @@ fn long_op_chains_batch_correctly() {
     }
     b.sync().unwrap();
     let got = b.to_vec(&x).unwrap();
-    assert_close("600 chained lincombs", &got, xc.data(), 1e-5, 1e-5);
+    assert_close("chained lincombs", &got, xc.data(), 1e-5, 1e-5);
 }
 
 /// Dropped tensors' buffers are reused (pool hits) and a reused buffer is
