@@ -42,6 +42,19 @@ impl View {
     pub fn range(&self) -> std::ops::Range<usize> {
         self.offset..self.offset + self.numel()
     }
+
+    /// The element range, checked to lie inside a flat buffer of `len`
+    /// elements; `buffer` names it in the error (`parameter`, `gradient`).
+    pub fn range_in(&self, len: usize, buffer: &str) -> Result<std::ops::Range<usize>> {
+        let r = self.range();
+        if r.end > len {
+            return Err(crate::NetError::View {
+                name: format!("@{}", self.offset),
+                reason: format!("{r:?} ends past the {buffer} buffer ({len} elements)"),
+            });
+        }
+        Ok(r)
+    }
 }
 
 /// Stride and zero padding of a square-kernel convolution (the kernel size

@@ -12,35 +12,18 @@ pub mod optim;
 
 use sde_core::{CpuBackend, CpuTensor, NoiseKey};
 
-use crate::error::NetError;
 use crate::{AdamStep, Conv2dSpec, NetBackend, Result, View};
 
 /// The elements of `view` in the flat parameter tensor.
 pub fn view_slice<'a>(params: &'a CpuTensor, view: &View) -> Result<&'a [f32]> {
     let data = params.data();
-    data.get(view.range()).ok_or_else(|| NetError::View {
-        name: format!("@{}", view.offset),
-        reason: format!(
-            "{:?} ends past the parameter buffer ({} elements)",
-            view.range(),
-            data.len()
-        ),
-    })
+    Ok(&data[view.range_in(data.len(), "parameter")?])
 }
 
 /// The elements of `view` in the flat gradient tensor, mutably.
 pub fn view_slice_mut<'a>(grads: &'a mut CpuTensor, view: &View) -> Result<&'a mut [f32]> {
-    let len = grads.data().len();
-    grads
-        .data_mut()
-        .get_mut(view.range())
-        .ok_or_else(|| NetError::View {
-            name: format!("@{}", view.offset),
-            reason: format!(
-                "{:?} ends past the gradient buffer ({len} elements)",
-                view.range()
-            ),
-        })
+    let r = view.range_in(grads.data().len(), "gradient")?;
+    Ok(&mut grads.data_mut()[r])
 }
 
 /// The dimensions of `x`, checked to have rank `rank`.

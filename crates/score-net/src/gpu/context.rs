@@ -576,14 +576,11 @@ impl GpuContext {
     /// A zero-initialised storage buffer of `bytes` (rounded up to 4, at least 4).
     pub fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer, GpuError> {
         self.check_binding_size(label, bytes)?;
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        }))
+        Ok(self.device.create_buffer(&Self::storage_desc(
+            label,
+            bytes.max(4).next_multiple_of(4),
+            false,
+        )))
     }
 
     /// A storage buffer holding `contents` (at least 4 bytes).

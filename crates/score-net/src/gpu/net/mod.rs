@@ -19,7 +19,6 @@ pub mod optim;
 use sde_core::NoiseKey;
 
 use super::{WgpuBackend, WgpuTensor};
-use crate::error::NetError;
 use crate::{AdamStep, Conv2dSpec, NetBackend, Result, View};
 
 /// Checks that `view` lies inside the flat parameter buffer and returns its
@@ -34,17 +33,8 @@ pub(crate) fn grads_range(grads: &WgpuTensor, view: &View) -> Result<(u32, u32)>
 }
 
 fn range_in(buf: &WgpuTensor, view: &View, what: &str) -> Result<(u32, u32)> {
-    let len = buf.shape().numel();
-    if view.range().end > len {
-        return Err(NetError::View {
-            name: format!("@{}", view.offset),
-            reason: format!(
-                "{:?} ends past the {what} buffer ({len} elements)",
-                view.range()
-            ),
-        });
-    }
-    Ok((view.offset as u32, view.numel() as u32))
+    let r = view.range_in(buf.shape().numel(), what)?;
+    Ok((r.start as u32, r.len() as u32))
 }
 
 impl NetBackend for WgpuBackend {
