@@ -340,12 +340,17 @@ impl<B: NetBackend> Trainer<B> {
                 loss,
             });
         }
-        if b.check_finite(&grads, "gradient").is_err() {
-            return Err(TrainError::NonFinite {
-                step,
-                what: "gradient",
-                loss,
-            });
+        match b.check_finite(&grads, "gradient") {
+            Ok(()) => {}
+            Err(sde_core::Error::NonFinite { .. }) => {
+                return Err(TrainError::NonFinite {
+                    step,
+                    what: "gradient",
+                    loss,
+                })
+            }
+            // A device error (lost device, failed read-back) is not a NaN.
+            Err(e) => return Err(e.into()),
         }
         let stats = self.adam.update(b, self.model.store.params_mut(), &grads)?;
         self.ema.update(b, self.model.store.params())?;
