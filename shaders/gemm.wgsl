@@ -31,6 +31,15 @@
 // bounds-checked (zero outside the matrix), so any M, N, K works. The grid is
 // [ceil(N / 64), ceil(M / 64), chunks].
 //
+// vec4 global loads: A and B are bound as arrays of vec4 (the host keeps
+// every buffer a multiple of 16 bytes). When the host finds an operand's
+// rows 16-byte aligned along the direction the tile loader walks (offset and
+// row length multiples of 4; see `FLAG_A_VEC`, `FLAG_B_VEC` in
+// score-net::gpu::net::gemm), each thread fetches one vec4 per K step
+// instead of four scalars; otherwise (im2col gathers, views at odd offsets)
+// it loads scalars. A vec4 that straddles the edge of the matrix falls back
+// to per-element loads, so both paths give identical results.
+//
 // `bias_grad` sums dy, viewed as [outer, C, inner], over outer and inner for
 // each channel c (one workgroup per channel, a fixed-order tree reduction in
 // workgroup memory) and adds the total to `out[out_off + c]`.
@@ -75,6 +84,11 @@ const FLAG_TRANS_A: u32 = 1u;
 const FLAG_TRANS_B: u32 = 2u;
 const FLAG_BIAS: u32 = 4u;
 const FLAG_ACCUMULATE: u32 = 8u;
+// A (B) is read as aligned vec4s: along K, or along M when A is the
+// transposed matmul operand (along N, or along K for conv2d_dw and the
+// transposed matmul operand).
+const FLAG_A_VEC: u32 = 16u;
+const FLAG_B_VEC: u32 = 32u;
 
 const MODE_MATMUL: u32 = 0u;
 const MODE_CONV_FWD: u32 = 1u;
@@ -87,8 +101,8 @@ const TN: u32 = 64u;
 const TK: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
@@ -101,6 +115,15 @@ fn has(flag: u32) -> bool {
     return (p.flags & flag) != 0u;
 }
 
+// Scalar element i of `a` / `b`.
+fn a_at(i: u32) -> f32 {
+    return a[i >> 2u][i & 3u];
+}
+
+fn b_at(i: u32) -> f32 {
+    return b[i >> 2u][i & 3u];
+}
+
 // x[nb, ci, oh·stride + kh - pad, ow·stride + kw - pad] from `b`, zero in the padding.
 fn im2col(nb: u32, ci: u32, oh: u32, ow: u32, kh: u32, kw: u32) -> f32 {
     let ih = i32(oh * p.stride + kh) - i32(p.pad);
@@ -108,35 +131,65 @@ fn im2col(nb: u32, ci: u32, oh: u32, ow: u32, kh: u32, kw: u32) -> f32 {
     if (ih < 0 || iw < 0 || ih >= i32(p.h) || iw >= i32(p.w)) {
         return 0.0;
     }
-    return b[p.b_off + ((nb * p.cin + ci) * p.h + u32(ih)) * p.w + u32(iw)];
+    return b_at(p.b_off + ((nb * p.cin + ci) * p.h + u32(ih)) * p.w + u32(iw));
 }
 
-// A[m, kk] (m < M, kk < K).
-fn load_a(mode: u32, m: u32, kk: u32) -> f32 {
+// Index of A[m, kk] (m < M, kk < K) in `a` (A is never zero-padded).
+fn a_idx(mode: u32, m: u32, kk: u32) -> u32 {
     switch mode {
         case 1u: {
             // The weight [C_out, C_in·k·k].
-            return a[p.a_off + m * p.k + kk];
+            return p.a_off + m * p.k + kk;
         }
         case 2u: {
             // W[co, ci = m, kh, kw] with kk = (co, kh, kw).
             let kk2 = p.ks * p.ks;
             let co = kk / kk2;
             let r = kk - co * kk2;
-            return a[p.a_off + (co * p.cin + m) * kk2 + r];
+            return p.a_off + (co * p.cin + m) * kk2 + r;
         }
         case 3u: {
             // dy[nb, co = m, pix] with kk = (nb, pix).
             let pix_n = p.ho * p.wo;
             let nb = kk / pix_n;
             let px = kk - nb * pix_n;
-            return a[p.a_off + (nb * p.cout + m) * pix_n + px];
+            return p.a_off + (nb * p.cout + m) * pix_n + px;
         }
         default: {
             if (has(FLAG_TRANS_A)) {
-                return a[p.a_off + kk * p.lda + m];
+                return p.a_off + kk * p.lda + m;
             }
-            return a[p.a_off + m * p.lda + kk];
+            return p.a_off + m * p.lda + kk;
+        }
+    }
+}
+
+// Index of B[kk, n] in `b` where B is a plain strided matrix: the matmul
+// operands, and the convolutions' when the kernel is 1x1 with stride 1 and
+// no padding (im2col is then x itself; the host sets FLAG_B_VEC only so).
+fn b_idx(mode: u32, kk: u32, n: u32) -> u32 {
+    let pix_n = p.ho * p.wo;
+    switch mode {
+        case 1u: {
+            // x[nb, ci = kk, pix] with n = (nb, pix).
+            let nb = n / pix_n;
+            return p.b_off + (nb * p.cin + kk) * pix_n + (n - nb * pix_n);
+        }
+        case 2u: {
+            // dy[nb, co = kk, pix] with n = (nb, pix).
+            let nb = n / pix_n;
+            return p.b_off + (nb * p.cout + kk) * pix_n + (n - nb * pix_n);
+        }
+        case 3u: {
+            // x[nb, ci = n, pix] with kk = (nb, pix).
+            let nb = kk / pix_n;
+            return p.b_off + (nb * p.cin + n) * pix_n + (kk - nb * pix_n);
+        }
+        default: {
+            if (has(FLAG_TRANS_B)) {
+                return p.b_off + n * p.ldb + kk;
+            }
+            return p.b_off + kk * p.ldb + n;
         }
     }
 }
@@ -179,7 +232,7 @@ fn load_b(mode: u32, kk: u32, n: u32) -> f32 {
             if (oh * p.stride != u32(th) || ow * p.stride != u32(tw) || oh >= p.ho || ow >= p.wo) {
                 return 0.0;
             }
-            return b[p.b_off + ((nb * p.cout + co) * p.ho + oh) * p.wo + ow];
+            return b_at(p.b_off + ((nb * p.cout + co) * p.ho + oh) * p.wo + ow);
         }
         case 3u: {
             // im2col(x) transposed: kk = (nb, oh, ow), n = (ci, kh, kw).
@@ -194,10 +247,7 @@ fn load_b(mode: u32, kk: u32, n: u32) -> f32 {
             return im2col(nb, ci, oh, px - oh * p.wo, kh, r - kh * p.ks);
         }
         default: {
-            if (has(FLAG_TRANS_B)) {
-                return b[p.b_off + n * p.ldb + kk];
-            }
-            return b[p.b_off + kk * p.ldb + n];
+            return b_at(b_idx(mode, kk, n));
         }
     }
 }
@@ -237,6 +287,145 @@ fn store(mode: u32, m: u32, n: u32, z: u32, v: f32) {
     }
 }
 
+// Loads A[m0.., k0..] (TM x TK, zero outside M and the chunk's K range)
+// into a_tile. Load order: consecutive threads take consecutive addresses
+// where the operand's layout makes that possible (coalescing on real GPUs).
+fn load_a_tile(mode: u32, lid: u32, m0: u32, k0: u32, kend: u32) {
+    let a_m_fast = mode == MODE_MATMUL && has(FLAG_TRANS_A);
+    if (has(FLAG_A_VEC)) {
+        if (a_m_fast) {
+            // TK rows of TM / 4 vec4s along M: one per thread.
+            let mq = lid % 16u;
+            let kk = lid / 16u;
+            let gm = m0 + mq * 4u;
+            let gk = k0 + kk;
+            var v = vec4<f32>(0.0);
+            if (gk < kend) {
+                if (gm + 3u < p.m) {
+                    v = a[a_idx(mode, gm, gk) >> 2u];
+                } else {
+                    for (var j = 0u; j < 4u; j++) {
+                        if (gm + j < p.m) {
+                            v[j] = a_at(a_idx(mode, gm + j, gk));
+                        }
+                    }
+                }
+            }
+            a_tile[kk * (TM / 4u) + mq] = v;
+        } else {
+            // TM rows of TK / 4 vec4s along K: one per thread.
+            let kq = lid % 4u;
+            let mm = lid / 4u;
+            let gm = m0 + mm;
+            let gk = k0 + kq * 4u;
+            var v = vec4<f32>(0.0);
+            if (gm < p.m) {
+                if (gk + 3u < kend) {
+                    v = a[a_idx(mode, gm, gk) >> 2u];
+                } else {
+                    for (var j = 0u; j < 4u; j++) {
+                        if (gk + j < kend) {
+                            v[j] = a_at(a_idx(mode, gm, gk + j));
+                        }
+                    }
+                }
+            }
+            for (var j = 0u; j < 4u; j++) {
+                a_tile[(kq * 4u + j) * (TM / 4u) + mm / 4u][mm % 4u] = v[j];
+            }
+        }
+        return;
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let idx = lid + i * 256u;
+        var mm: u32;
+        var kk: u32;
+        if (a_m_fast) {
+            mm = idx % TM;
+            kk = idx / TM;
+        } else {
+            kk = idx % TK;
+            mm = idx / TK;
+        }
+        let gm = m0 + mm;
+        let gk = k0 + kk;
+        var v = 0.0;
+        if (gm < p.m && gk < kend) {
+            v = a_at(a_idx(mode, gm, gk));
+        }
+        a_tile[kk * (TM / 4u) + mm / 4u][mm % 4u] = v;
+    }
+}
+
+// Loads B[k0.., n0..] (TK x TN, zero outside N and the chunk's K range)
+// into b_tile, like load_a_tile.
+fn load_b_tile(mode: u32, lid: u32, n0: u32, k0: u32, kend: u32) {
+    let b_k_fast = mode == MODE_CONV_DW || (mode == MODE_MATMUL && has(FLAG_TRANS_B));
+    if (has(FLAG_B_VEC)) {
+        if (b_k_fast) {
+            // TN columns of TK / 4 vec4s along K: one per thread.
+            let kq = lid % 4u;
+            let nn = lid / 4u;
+            let gn = n0 + nn;
+            let gk = k0 + kq * 4u;
+            var v = vec4<f32>(0.0);
+            if (gn < p.n) {
+                if (gk + 3u < kend) {
+                    v = b[b_idx(mode, gk, gn) >> 2u];
+                } else {
+                    for (var j = 0u; j < 4u; j++) {
+                        if (gk + j < kend) {
+                            v[j] = b_at(b_idx(mode, gk + j, gn));
+                        }
+                    }
+                }
+            }
+            for (var j = 0u; j < 4u; j++) {
+                b_tile[(kq * 4u + j) * (TN / 4u) + nn / 4u][nn % 4u] = v[j];
+            }
+        } else {
+            // TK rows of TN / 4 vec4s along N: one per thread.
+            let nq = lid % 16u;
+            let kk = lid / 16u;
+            let gn = n0 + nq * 4u;
+            let gk = k0 + kk;
+            var v = vec4<f32>(0.0);
+            if (gk < kend) {
+                if (gn + 3u < p.n) {
+                    v = b[b_idx(mode, gk, gn) >> 2u];
+                } else {
+                    for (var j = 0u; j < 4u; j++) {
+                        if (gn + j < p.n) {
+                            v[j] = b_at(b_idx(mode, gk, gn + j));
+                        }
+                    }
+                }
+            }
+            b_tile[kk * (TN / 4u) + nq] = v;
+        }
+        return;
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let idx = lid + i * 256u;
+        var nn: u32;
+        var kk: u32;
+        if (b_k_fast) {
+            kk = idx % TK;
+            nn = idx / TK;
+        } else {
+            nn = idx % TN;
+            kk = idx / TN;
+        }
+        let gn = n0 + nn;
+        let gk = k0 + kk;
+        var v = 0.0;
+        if (gn < p.n && gk < kend) {
+            v = load_b(mode, gk, gn);
+        }
+        b_tile[kk * (TN / 4u) + nn / 4u][nn % 4u] = v;
+    }
+}
+
 // The shared tiled GEMM loop: workgroup `wg` computes the 64x64 tile
 // (wg.y, wg.x) of C over the K range of chunk wg.z.
 fn gemm_tile(mode: u32, lid: u32, wg: vec3<u32>) {
@@ -246,50 +435,10 @@ fn gemm_tile(mode: u32, lid: u32, wg: vec3<u32>) {
     let n0 = wg.x * TN;
     let kbeg = wg.z * p.k_chunk;
     let kend = min(p.k, kbeg + p.k_chunk);
-    // Load order: consecutive threads take consecutive addresses where the
-    // operand's layout makes that possible (coalescing on real GPUs).
-    let a_m_fast = mode == MODE_MATMUL && has(FLAG_TRANS_A);
-    let b_k_fast = mode == MODE_CONV_DW || (mode == MODE_MATMUL && has(FLAG_TRANS_B));
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var k0 = kbeg; k0 < kend; k0 += TK) {
-        for (var i = 0u; i < 4u; i++) {
-            let idx = lid + i * 256u;
-            var mm: u32;
-            var kk: u32;
-            if (a_m_fast) {
-                mm = idx % TM;
-                kk = idx / TM;
-            } else {
-                kk = idx % TK;
-                mm = idx / TK;
-            }
-            let gm = m0 + mm;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gm < p.m && gk < kend) {
-                v = load_a(mode, gm, gk);
-            }
-            a_tile[kk * (TM / 4u) + mm / 4u][mm % 4u] = v;
-        }
-        for (var i = 0u; i < 4u; i++) {
-            let idx = lid + i * 256u;
-            var nn: u32;
-            var kk: u32;
-            if (b_k_fast) {
-                kk = idx % TK;
-                nn = idx / TK;
-            } else {
-                nn = idx % TN;
-                kk = idx / TN;
-            }
-            let gn = n0 + nn;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gn < p.n && gk < kend) {
-                v = load_b(mode, gk, gn);
-            }
-            b_tile[kk * (TN / 4u) + nn / 4u][nn % 4u] = v;
-        }
+        load_a_tile(mode, lid, m0, k0, kend);
+        load_b_tile(mode, lid, n0, k0, kend);
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
             let av = a_tile[kk * (TM / 4u) + ty];
@@ -358,7 +507,7 @@ fn gemm_splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     }
     var s = 0.0;
     for (var z = 0u; z < p.splits; z++) {
-        s += a[z * p.split_stride + i];
+        s += a_at(z * p.split_stride + i);
     }
     let idx = p.out_off + i;
     out[idx] = out[idx] + s;
@@ -381,7 +530,7 @@ fn bias_grad(
     for (var j = lid; j < total; j += 256u) {
         let o = j / p.k;
         let i = j - o * p.k;
-        s += a[(o * p.m + c) * p.k + i];
+        s += a_at((o * p.m + c) * p.k + i);
     }
     red[lid] = s;
     workgroupBarrier();

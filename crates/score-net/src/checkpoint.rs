@@ -20,6 +20,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NetError;
+use crate::params::flat_len;
 use crate::unet::{Unet, UnetConfig};
 use crate::{ParamBuilder, Result, View};
 
@@ -107,7 +108,7 @@ pub fn save(
     if buffers.first().map(|(n, _)| *n) != Some("params") {
         return Err(bad(path, "the first buffer must be \"params\""));
     }
-    let total: usize = layout.iter().map(|(_, v)| v.numel()).sum();
+    let total = flat_len(layout.iter().map(|(_, v)| v));
     let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, data) in buffers {
         if name.contains('/') || name.is_empty() {
@@ -213,7 +214,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     Unet::new(&config, image_size, &mut pb, seed)
         .map_err(|e| bad(path, format!("stored configuration is invalid: {e}")))?;
     let layout = layout_of(&pb);
-    let total: usize = layout.iter().map(|(_, v)| v.numel()).sum();
+    let total = flat_len(layout.iter().map(|(_, v)| v));
     let expected_dtype = match dtype {
         StorageDtype::F32 => Dtype::F32,
         StorageDtype::F16 => Dtype::F16,

@@ -29,5 +29,5 @@ pub mod unet;
 
 pub use error::{GpuError, NetError, Result};
 pub use net_backend::{AdamStep, Conv2dSpec, NetBackend, View};
-pub use params::{Init, ParamBuilder, ParamStore};
+pub use params::{Init, ParamBuilder, ParamStore, PARAM_ALIGN};
 pub use unet::{Embedding, Resample, Unet, UnetConfig, UnetScore};

@@ -56,12 +56,20 @@ impl Init {
     }
 }
 
+/// Every view starts at a multiple of this many elements (16 bytes), so the
+/// wgpu kernels can load weights as `vec4`s; the few padding elements between
+/// views are zero in the parameters and never receive a gradient.
+pub const PARAM_ALIGN: usize = 4;
+
 /// Collects parameter declarations, then allocates and initialises the store.
 #[derive(Clone, Debug, Default)]
 pub struct ParamBuilder {
     specs: Vec<(String, View, Init)>,
     index: HashMap<String, usize>,
+    // End of the last view (the flat buffer's length).
     total: usize,
+    // Scalars declared (excludes alignment padding).
+    count: usize,
 }
 
 impl ParamBuilder {
@@ -86,8 +94,9 @@ impl ParamBuilder {
                 reason: format!("invalid shape {shape:?}"),
             });
         }
-        let view = View::new(self.total, shape.to_vec());
-        self.total += view.numel();
+        let view = View::new(self.total.next_multiple_of(PARAM_ALIGN), shape.to_vec());
+        self.total = view.offset + view.numel();
+        self.count += view.numel();
         self.index.insert(name.clone(), self.specs.len());
         self.specs.push((name, view.clone(), init));
         Ok(view)
@@ -98,15 +107,21 @@ impl ParamBuilder {
         self.specs.iter().map(|(n, v, _)| (n.as_str(), v))
     }
 
-    /// Total number of scalars declared so far.
+    /// Total number of scalars declared so far (alignment padding excluded).
     pub fn num_params(&self) -> usize {
+        self.count
+    }
+
+    /// Length of the flat buffers: the end of the last view, padding between
+    /// views included (see [`PARAM_ALIGN`]).
+    pub fn flat_len(&self) -> usize {
         self.total
     }
 
     /// Allocates the parameter and gradient buffers on `b` and initialises
     /// every parameter from `seed` (parameter `i` uses stream `i`).
     pub fn build<B: Backend>(self, b: &B, seed: u64) -> Result<ParamStore<B>> {
-        let mut host = vec![0.0f32; self.total.max(1)];
+        let mut host = vec![0.0f32; self.flat_len().max(1)];
         for (i, (_, view, init)) in self.specs.iter().enumerate() {
             init.fill(
                 &view.shape,
@@ -124,6 +139,17 @@ impl ParamBuilder {
             grads,
         })
     }
+}
+
+/// Length of a flat buffer holding `views`: the end of the last one (at
+/// least 1, as the store allocates).
+pub fn flat_len<'a>(views: impl IntoIterator<Item = &'a View>) -> usize {
+    views
+        .into_iter()
+        .map(|v| v.offset + v.numel())
+        .max()
+        .unwrap_or(0)
+        .max(1)
 }
 
 /// Parameters and gradients in two flat buffers with named views.
@@ -152,9 +178,15 @@ impl<B: Backend> ParamStore<B> {
         self.specs.iter().map(|(n, v)| (n.as_str(), v))
     }
 
-    /// Number of scalar parameters.
+    /// Number of scalar parameters (alignment padding excluded).
     pub fn num_params(&self) -> usize {
         self.specs.iter().map(|(_, v)| v.numel()).sum()
+    }
+
+    /// Length of the flat parameter and gradient buffers (padding between
+    /// views included, see [`PARAM_ALIGN`]).
+    pub fn flat_len(&self) -> usize {
+        flat_len(self.specs.iter().map(|(_, v)| v))
     }
 
     /// The flat parameter buffer.
@@ -210,19 +242,25 @@ mod tests {
         let bias = pb.add("conv.b", &[4], Init::Zeros).unwrap();
         let g = pb.add("norm.g", &[4], Init::Ones).unwrap();
         assert_eq!((w.offset, bias.offset, g.offset), (0, 108, 112));
+        // Views start on PARAM_ALIGN boundaries; the padding stays zero.
+        let odd = pb.add("odd", &[3], Init::Ones).unwrap();
+        let after = pb.add("after", &[2], Init::Ones).unwrap();
+        assert_eq!((odd.offset, after.offset), (116, 120));
+        assert_eq!((pb.num_params(), pb.flat_len()), (121, 122));
         assert!(pb.add("conv.b", &[4], Init::Zeros).is_err());
         assert!(pb.add("bad", &[0, 2], Init::Zeros).is_err());
         let store = pb.clone().build(&CpuBackend, 7).unwrap();
         let again = pb.build(&CpuBackend, 7).unwrap();
         assert_eq!(store.params().data(), again.params().data());
-        assert_eq!(store.num_params(), 116);
+        assert_eq!((store.num_params(), store.flat_len()), (121, 122));
         let p = store.params().data();
         // fan_in = 27, fan_out = 36: bound = sqrt(3 / 31.5).
         let bound = (3.0f32 / 31.5).sqrt();
         assert!(p[..108].iter().all(|v| v.abs() <= bound));
         assert!(p[..108].iter().any(|v| v.abs() > 0.5 * bound));
         assert!(p[108..112].iter().all(|&v| v == 0.0));
-        assert!(p[112..].iter().all(|&v| v == 1.0));
+        assert!(p[112..119].iter().all(|&v| v == 1.0));
+        assert_eq!((p[119], p[120], p[121]), (0.0, 1.0, 1.0));
         assert_eq!(store.view("norm.g").unwrap(), &g);
         assert!(store.view("nope").is_err());
         assert!(store.grads().data().iter().all(|&v| v == 0.0));

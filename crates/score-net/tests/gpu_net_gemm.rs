@@ -52,7 +52,10 @@ struct Conv {
 }
 
 /// A flat parameter buffer with the weight and bias views placed between
-/// untouched entries: `[3 | W | 2 | b | 5]`.
+/// untouched entries: `[3 | W | 2 | b | 5]` (odd offsets: the kernels'
+/// scalar loads), or with [`Layout::aligned`] `[4 | W | pad | b | 5]` with
+/// both views on 16-byte boundaries as the parameter store places them (the
+/// `vec4` loads).
 struct Layout {
     len: usize,
     w: View,
@@ -61,11 +64,20 @@ struct Layout {
 
 impl Layout {
     fn new(wshape: &[usize], bias: Option<usize>) -> Self {
+        Self::at(wshape, bias, 3, |end| end + 2)
+    }
+
+    fn aligned(wshape: &[usize], bias: Option<usize>) -> Self {
+        Self::at(wshape, bias, 4, |end| end.next_multiple_of(4) + 4)
+    }
+
+    /// W at `w_at`, the bias at `b_at(end of W)`, 5 entries after the last view.
+    fn at(wshape: &[usize], bias: Option<usize>, w_at: usize, b_at: fn(usize) -> usize) -> Self {
         let wn: usize = wshape.iter().product();
-        let w = View::new(3, wshape.to_vec());
-        let b = bias.map(|len| View::new(3 + wn + 2, [len]));
-        let len = 3 + wn + 2 + bias.unwrap_or(0) + 5;
-        Layout { len, w, b }
+        let w = View::new(w_at, wshape.to_vec());
+        let b = bias.map(|len| View::new(b_at(w_at + wn), [len]));
+        let end = b.as_ref().map_or(w_at + wn, |b| b.offset + b.numel());
+        Layout { len: end + 5, w, b }
     }
 
     /// Indices not covered by a view (must stay unchanged by backward).
@@ -78,14 +90,25 @@ impl Layout {
 }
 
 fn check_conv(c: Conv, seed: u64) {
+    check_conv_in(c, seed, false);
+}
+
+/// [`check_conv`] with the views at odd offsets or (`aligned`) on 16-byte
+/// boundaries.
+fn check_conv_in(c: Conv, seed: u64, aligned: bool) {
     let (cpu, g) = (CpuBackend, gpu());
-    let name = format!("{c:?}");
+    let name = format!("{c:?} (aligned views: {aligned})");
     let spec = Conv2dSpec {
         stride: c.stride,
         padding: c.pad,
     };
     let (ho, wo) = (spec.out_size(c.h, c.k), spec.out_size(c.w, c.k));
-    let lay = Layout::new(&[c.cout, c.cin, c.k, c.k], c.bias.then_some(c.cout));
+    let wshape = [c.cout, c.cin, c.k, c.k];
+    let lay = if aligned {
+        Layout::aligned(&wshape, c.bias.then_some(c.cout))
+    } else {
+        Layout::new(&wshape, c.bias.then_some(c.cout))
+    };
     let params = randn(&[lay.len], seed, 0.5);
     let x = randn(&[c.n, c.cin, c.h, c.w], seed + 1, 1.0);
     let dy = randn(&[c.n, c.cout, ho, wo], seed + 2, 1.0);
@@ -291,11 +314,21 @@ fn conv2d_backward_is_deterministic() {
 }
 
 fn check_linear(xdims: &[usize], out: usize, bias: bool, seed: u64) {
+    check_linear_in(xdims, out, bias, seed, false);
+}
+
+/// [`check_linear`] with the views at odd offsets or (`aligned`) on 16-byte
+/// boundaries.
+fn check_linear_in(xdims: &[usize], out: usize, bias: bool, seed: u64, aligned: bool) {
     let (cpu, g) = (CpuBackend, gpu());
     let inp = *xdims.last().unwrap();
     let rows: usize = xdims[..xdims.len() - 1].iter().product();
-    let name = format!("linear {xdims:?} -> {out} (bias {bias})");
-    let lay = Layout::new(&[out, inp], bias.then_some(out));
+    let name = format!("linear {xdims:?} -> {out} (bias {bias}, aligned views {aligned})");
+    let lay = if aligned {
+        Layout::aligned(&[out, inp], bias.then_some(out))
+    } else {
+        Layout::new(&[out, inp], bias.then_some(out))
+    };
     let params = randn(&[lay.len], seed, 0.5);
     let x = randn(xdims, seed + 1, 1.0);
     let mut ydims = xdims.to_vec();
@@ -346,6 +379,43 @@ fn linear_matches_cpu() {
 #[test]
 fn linear_split_k_weight_gradient_matches_cpu() {
     check_linear(&[2, 600, 3], 5, true, 500);
+}
+
+/// Views on 16-byte boundaries (as `ParamStore` lays them out) and sizes
+/// that are multiples of 4 send the operands through the kernels' `vec4`
+/// loads: the convolution weight along `C_in·k·k` (forward), `dy` along the
+/// pixels (weight gradient), and `x` / `dy` themselves for 1x1 stride-1
+/// convolutions (forward, `dx`, weight gradient along the pixels, split-K
+/// included). The same CPU agreement as the scalar paths.
+#[test]
+fn conv2d_vec4_loads_match_cpu() {
+    let cases = [
+        // K = 72: weight vec4s, 6x6 = 36 pixels: dy vec4s in dW.
+        conv(2, 8, 6, 6, 12, 3, 1, 1, true),
+        // 1x1 on 4x5 planes: x, dy vec4s in every pass; C_out = 70 spans two M tiles.
+        conv(3, 8, 4, 5, 70, 1, 1, 0, true),
+        // 1x1 with dW's contraction 2·784 = 1568 > 1024: split-K on vec4s.
+        conv(2, 4, 28, 28, 8, 1, 1, 0, false),
+        // Stride 2: weight vec4s (K = 108), gathered x, 7x7 = 49-pixel dy (scalar).
+        conv(1, 12, 14, 14, 20, 3, 2, 1, true),
+        // Aligned views but C_in·k·k = 27: the weight falls back to scalars.
+        conv(2, 3, 8, 8, 16, 3, 1, 1, true),
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        check_conv_in(c, 600 + 10 * i as u64, true);
+    }
+}
+
+/// Aligned views and row lengths that are multiples of 4: `x`, `W`, `dy` and
+/// `dy^T` all take the `vec4` loads (along K, N and M), across several tiles
+/// and with a split-K weight gradient.
+#[test]
+fn linear_vec4_loads_match_cpu() {
+    check_linear_in(&[3, 8], 12, true, 700, true);
+    check_linear_in(&[70, 68], 72, true, 710, true);
+    check_linear_in(&[2, 600, 4], 8, true, 720, true);
+    // in = 6: x and W rows are not 16-byte aligned (scalar), dy's are.
+    check_linear_in(&[5, 6], 8, false, 730, true);
 }
 
 /// Asserts both backends fail, with the same variant and

@@ -51,7 +51,7 @@ fn unet_forward_backward_and_vjp_agree_across_backends() {
         let mut mc = UnetScore::new(&c, &cfg, 8, sde.clone(), 3).unwrap();
         let mut mg = UnetScore::new(&g, &cfg, 8, sde, 3).unwrap();
         // Random parameters, so the zero-initialised residual outputs carry gradient too.
-        let n = mc.store.num_params();
+        let n = mc.store.flat_len();
         let p = randn(&[n], 40 + k as u64, 0.2);
         mc.store.set_params(&c, p.clone()).unwrap();
         mg.store.set_params(&g, up(&p)).unwrap();

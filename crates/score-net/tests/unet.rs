@@ -252,7 +252,7 @@ fn tiny_unet_overfits_a_batch_with_dsm() {
         z,
         x_t,
     };
-    let n = model.store.num_params();
+    let n = model.store.flat_len();
     let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
     let (lr, b1, b2, eps) = (3e-3f32, 0.9f32, 0.999f32, 1e-8f32);
     let mut first = None;

@@ -32,7 +32,7 @@ fn model(kind: SdeKind, randomise: bool) -> UnetScore<CpuBackend, AnySde> {
     if randomise {
         // Random weights everywhere (the zero-initialised output layers would
         // hide most of the gradient).
-        let n = m.store.num_params();
+        let n = m.store.flat_len();
         let mut v = vec![0.0f32; n];
         sde_core::NoiseKey::new(9, 0).fill_gaussian(&mut v);
         let v: Vec<f32> = v.iter().map(|x| 0.2 * x).collect();

@@ -573,12 +573,13 @@ impl GpuContext {
         Ok(self.pooled(buffer))
     }
 
-    /// A zero-initialised storage buffer of `bytes` (rounded up to 4, at least 4).
+    /// A zero-initialised storage buffer of `bytes`, rounded up to a multiple
+    /// of 16 (kernels may bind any buffer as an array of `vec4`s).
     pub fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer, GpuError> {
         self.check_binding_size(label, bytes)?;
         Ok(self.device.create_buffer(&Self::storage_desc(
             label,
-            bytes.max(4).next_multiple_of(4),
+            bytes.max(16).next_multiple_of(16),
             false,
         )))
     }

@@ -13,7 +13,11 @@
 //!   other kernels of this crate).
 //!
 //! Tiles: 64x64 outputs per workgroup of 16x16 threads, 4x4 per thread in
-//! registers, K in steps of `TILE_K`. Accumulating products (parameter
+//! registers, K in steps of `TILE_K`. Operands whose rows start on 16-byte
+//! boundaries (dense matrices and weights at aligned offsets — the parameter
+//! store aligns every view, see [`crate::PARAM_ALIGN`] — and 1x1 stride-1
+//! convolutions' activations) are read with `vec4` loads, the others (the
+//! im2col gathers) element by element. Accumulating products (parameter
 //! gradients) with a contraction longer than `SPLIT_K_CHUNK` are split into
 //! chunks whose partial products go to a scratch buffer and are then added,
 //! in chunk order, into the gradient buffer: results are deterministic (no
@@ -50,6 +54,41 @@ const FLAG_TRANS_A: u32 = 1;
 const FLAG_TRANS_B: u32 = 2;
 const FLAG_BIAS: u32 = 4;
 const FLAG_ACCUMULATE: u32 = 8;
+/// A is read as aligned `vec4`s (see [`vec_flags`]).
+const FLAG_A_VEC: u32 = 16;
+/// B is read as aligned `vec4`s (see [`vec_flags`]).
+const FLAG_B_VEC: u32 = 32;
+
+/// Whether every run of 4 consecutive elements the tile loader fetches
+/// starts on a 16-byte boundary: offset and stride (in elements) multiples of 4.
+fn aligned(offset: u32, stride: u32) -> bool {
+    offset % 4 == 0 && stride % 4 == 0
+}
+
+/// The `FLAG_A_VEC` / `FLAG_B_VEC` bits for a convolution kernel: the
+/// weight (A of the forward pass, rows of length `C_in·k·k`) when it starts
+/// aligned and `C_in·k·k` is a multiple of 4; `dy` (A of the weight
+/// gradient, walked along pixels) when each image plane has a multiple of 4
+/// pixels; and the im2col operand (B) when it is plain `x` or `dy` — a 1x1
+/// kernel with stride 1 and no padding on planes of a multiple of 4 pixels.
+/// The transposed-convolution weight (A of `dx`) is always a gather.
+fn conv_vec_flags(kernel: &str, p: &GemmParams) -> u32 {
+    let pix = p.ho * p.wo;
+    let plain_b = p.ks == 1 && p.stride == 1 && p.pad == 0 && aligned(p.b_off, pix);
+    let a_vec = match kernel {
+        "conv2d_fwd" => aligned(p.a_off, p.k),
+        "conv2d_dw" => aligned(p.a_off, pix),
+        _ => false,
+    };
+    let mut flags = 0;
+    if a_vec {
+        flags |= FLAG_A_VEC;
+    }
+    if plain_b {
+        flags |= FLAG_B_VEC;
+    }
+    flags
+}
 
 /// The `Params` struct of `gemm.wgsl` (see the field comments there).
 #[repr(C)]
@@ -301,6 +340,13 @@ pub(crate) fn matmul(
     if b.trans {
         flags |= FLAG_TRANS_B;
     }
+    // Dense operands: rows (or, transposed, columns) of `ld` elements.
+    if aligned(a.offset, a.ld) {
+        flags |= FLAG_A_VEC;
+    }
+    if aligned(b.offset, b.ld) {
+        flags |= FLAG_B_VEC;
+    }
     let mut params = GemmParams {
         m,
         n,
@@ -374,7 +420,7 @@ pub fn conv2d(
     let (w_off, _) = view_range(params, w)?;
     let b_off = bias_offset(params, None, b)?;
     let (y, _) = be.output("conv2d", &Shape::new(g.out_dims().to_vec())?)?;
-    let prm = GemmParams {
+    let mut prm = GemmParams {
         m: idx32("conv2d C_out", g.cout)?,
         n: idx32("conv2d N·H_out·W_out", g.n * g.pixels())?,
         k: idx32("conv2d C_in·k·k", g.kdim())?,
@@ -384,6 +430,7 @@ pub fn conv2d(
         flags: if b_off.is_some() { FLAG_BIAS } else { 0 },
         ..conv_params(&g)?
     };
+    prm.flags |= conv_vec_flags("conv2d_fwd", &prm);
     let pb = params.buffer();
     dispatch_gemm(be, "conv2d_fwd", &prm, [pb, x.buffer(), pb, y.buffer()], 1)?;
     Ok(y)
@@ -420,12 +467,13 @@ pub fn conv2d_backward(
         bias_grad(be, dy.buffer(), g.n, g.cout, g.pixels(), grads.buffer(), bo)?;
     }
     // dW [C_out, C_in·k·k] += dy [C_out, N·P] · im2col(x)^T [N·P, C_in·k·k].
-    let dw = GemmParams {
+    let mut dw = GemmParams {
         m: base.cout,
         n: idx32("conv2d C_in·k·k", g.kdim())?,
         k: idx32("conv2d N·H_out·W_out", g.n * g.pixels())?,
         ..base
     };
+    dw.flags = conv_vec_flags("conv2d_dw", &dw);
     gemm_accumulate(
         be,
         "conv2d_dw",
@@ -441,7 +489,7 @@ pub fn conv2d_backward(
     // dx [C_in, N·H·W] = W^T [C_in, C_out·k·k] · gather(dy) [C_out·k·k, N·H·W].
     let (dx, _) = be.output("conv2d_backward dx", x.shape())?;
     let kd = idx32("conv2d C_out·k·k", g.cout * g.k * g.k)?;
-    let prm = GemmParams {
+    let mut prm = GemmParams {
         m: base.cin,
         n: idx32("conv2d N·H·W", g.n * g.h * g.w)?,
         k: kd,
@@ -449,6 +497,7 @@ pub fn conv2d_backward(
         a_off: w_off,
         ..base
     };
+    prm.flags = conv_vec_flags("conv2d_dx", &prm);
     let pb = params.buffer();
     dispatch_gemm(be, "conv2d_dx", &prm, [pb, dy.buffer(), pb, dx.buffer()], 1)?;
     Ok(Some(dx))
@@ -588,4 +637,121 @@ pub fn linear_backward(
         Store::Overwrite { bias: None },
     )?;
     Ok(Some(dx))
+}
+
+#[cfg(test)]
+mod tests {
+    //! `matmul` on strided operands whose row lengths exceed the matrix
+    //! (`ld` > columns): the `vec4` loads then meet vec4s that straddle the
+    //! edge of K, M or N, which must fall back to per-element loads. (The
+    //! layers in this crate always pass `ld` = columns; tests/gpu_net_gemm.rs
+    //! covers those.) Requires a wgpu adapter, like every wgpu test.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sde_core::Backend;
+
+    fn gpu() -> WgpuBackend {
+        WgpuBackend::new().unwrap_or_else(|e| panic!("the wgpu tests need an adapter: {e}"))
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let h = (i ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b);
+                let h = (h ^ (h >> 13)).wrapping_mul(0xc2b2_ae35);
+                (h >> 8) as f32 / (1 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// `op(X)(i, j)` of a stored operand.
+    fn at(x: &[f32], off: usize, ld: usize, trans: bool, i: usize, j: usize) -> f64 {
+        let (r, c) = if trans { (j, i) } else { (i, j) };
+        f64::from(x[off + r * ld + c])
+    }
+
+    #[test]
+    fn strided_vec4_operands_with_ragged_edges_match_reference() {
+        let be = gpu();
+        // (m, n, k, accumulate): k = 1030 splits K into 1024 + 6.
+        let shapes: [(usize, usize, usize, bool); 3] =
+            [(67, 70, 21, false), (6, 10, 6, true), (5, 9, 1030, true)];
+        for (m, n, k, acc) in shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let name = format!("m {m} n {n} k {k} trans ({ta}, {tb}) accumulate {acc}");
+                // Stored shapes and row lengths rounded up past the matrix to a multiple of 4.
+                let (ar, ac) = if ta { (k, m) } else { (m, k) };
+                let (br, bc) = if tb { (n, k) } else { (k, n) };
+                let (lda, ldb) = (ac.next_multiple_of(4) + 4, bc.next_multiple_of(4) + 4);
+                let (a_off, b_off, d_off) = (8, 4, 4);
+                let a = values(a_off + ar * lda, 1);
+                let b = values(b_off + br * ldb, 2);
+                let d0 = values(d_off + m * n + 3, 3);
+                let up = |v: &Vec<f32>| {
+                    be.tensor(v.clone(), &Shape::new([v.len()]).unwrap())
+                        .unwrap()
+                };
+                let (ag, bg, dg) = (up(&a), up(&b), up(&d0));
+                let opa = Operand {
+                    buffer: ag.buffer(),
+                    offset: a_off as u32,
+                    ld: lda as u32,
+                    trans: ta,
+                };
+                let opb = Operand {
+                    buffer: bg.buffer(),
+                    offset: b_off as u32,
+                    ld: ldb as u32,
+                    trans: tb,
+                };
+                let store = if acc {
+                    Store::Accumulate
+                } else {
+                    Store::Overwrite { bias: None }
+                };
+                matmul(
+                    &be,
+                    m as u32,
+                    n as u32,
+                    k as u32,
+                    opa,
+                    opb,
+                    dg.buffer(),
+                    d_off as u32,
+                    store,
+                )
+                .unwrap();
+                let got = be.to_vec(&dg).unwrap();
+                let mut want: Vec<f64> = d0.iter().map(|&v| f64::from(v)).collect();
+                let mut scale = 0.0f64;
+                for i in 0..m {
+                    for j in 0..n {
+                        let s: f64 = (0..k)
+                            .map(|l| at(&a, a_off, lda, ta, i, l) * at(&b, b_off, ldb, tb, l, j))
+                            .sum();
+                        let w = &mut want[d_off + i * n + j];
+                        *w = if acc { *w + s } else { s };
+                        scale = scale.max(w.abs());
+                    }
+                }
+                let tol = 4.0 * f64::from(f32::EPSILON) * ((k as f64).sqrt() + 1.0) * scale;
+                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let inside = (d_off..d_off + m * n).contains(&idx);
+                    if inside {
+                        assert!(
+                            (f64::from(*g) - w).abs() <= tol,
+                            "{name}: C[{idx}] = {g}, want {w}"
+                        );
+                    } else {
+                        assert_eq!(
+                            g.to_bits(),
+                            d0[idx].to_bits(),
+                            "{name}: entry {idx} outside C changed"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
