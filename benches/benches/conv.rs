@@ -16,6 +16,9 @@
 //! inside the timed closure so the GPU work is counted. Without an adapter it
 //! prints why and skips (on Linux without a GPU: Mesa's llvmpipe and
 //! `WGPU_BACKEND=vulkan`).
+//!
+//! The allocator is tuned as the CLI tunes it (`benches::tune_allocator`);
+//! `BENCH_DEFAULT_MALLOC=1` measures with malloc's defaults.
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -36,6 +39,7 @@ fn randn(dims: &[usize], seed: u64) -> CpuTensor {
 }
 
 fn bench_conv(c: &mut Criterion) {
+    benches::tune_allocator();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut group = c.benchmark_group("cpu");
     for (n, ch, size) in LAYERS {

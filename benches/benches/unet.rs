@@ -8,6 +8,9 @@
 //!   adapter), batch 32 on a real GPU and batch 1 on a software adapter
 //!   (llvmpipe runs at well under 1 GFLOP/s); `UNET_WGPU_BATCH` overrides.
 //!   The timed closure ends with `sync()` so the device work is counted.
+//!
+//! The allocator is tuned as the CLI tunes it (`benches::tune_allocator`);
+//! `BENCH_DEFAULT_MALLOC=1` measures with malloc's defaults.
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -56,6 +59,7 @@ fn bench_on<B: NetBackend>(c: &mut Criterion, group: &str, b: &B, batch: usize) 
 }
 
 fn bench_unet(c: &mut Criterion) {
+    benches::tune_allocator();
     bench_on(c, "cpu", &sde_core::CpuBackend, 32);
     let gpu = match WgpuBackend::new() {
         Ok(b) => b,

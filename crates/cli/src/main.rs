@@ -120,6 +120,9 @@ fn human(v: &serde_json::Value) -> String {
 }
 
 fn main() -> ExitCode {
+    // Reuse freed activation buffers instead of faulting fresh pages in every
+    // training or sampling step (about 9% of a CPU training step).
+    score_net::cpu::retain_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

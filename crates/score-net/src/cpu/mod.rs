@@ -6,10 +6,13 @@
 //! This backend is both what machines without a GPU run and the reference
 //! every other backend is tested against.
 
+mod alloc;
 pub mod conv;
+mod math;
 pub mod ops;
 pub mod optim;
 
+pub use alloc::{retain_freed_memory, MMAP_THRESHOLD, TRIM_THRESHOLD};
 use sde_core::{CpuBackend, CpuTensor, NoiseKey};
 
 use crate::{AdamStep, Conv2dSpec, NetBackend, Result, View};

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use sde_core::rng::u32_to_unit_f32;
 use sde_core::{CpuTensor, NoiseKey, Shape};
 
+use super::math::{self, sigmoid};
 use super::{tensor, view_slice, view_slice_mut};
 use crate::error::{ensure_shape, NetError};
 use crate::{Result, View};
@@ -299,12 +300,6 @@ pub fn group_norm_backward(
         *o += *v as f32;
     }
     tensor(dx, &[n, c, h, w])
-}
-
-/// The logistic sigmoid.
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 /// `silu(x) = x sigmoid(x)`, elementwise (any shape).
@@ -604,7 +599,7 @@ fn attention_weights(q: &[f32], k: &[f32], l: usize, c: usize) -> Vec<f32> {
         }
         let mut sum = 0.0f32;
         for pj in prow.iter_mut() {
-            *pj = (*pj - max).exp();
+            *pj = math::exp(*pj - max);
             sum += *pj;
         }
         let inv = 1.0 / sum;
