@@ -798,10 +798,16 @@ fn attention_rejects_bad_shapes() {
 
 #[test]
 fn dropout_mask_statistics_and_scaling() {
-    let d = [4, 8, 64, 64];
-    let x = randn(&d, 170, 1.0);
-    let n = x.data().len();
-    for (p, seed) in [(0.1f32, 1u64), (0.3, 2), (0.5, 3)] {
+    // 8 whole parallel chunks of 16384; then 24969 = 16384 + 268·32 + 9
+    // elements (a partial chunk ending in a partial Philox block).
+    for (d, p, seed) in [
+        ([4, 8, 64, 64], 0.1f32, 1u64),
+        ([4, 8, 64, 64], 0.3, 2),
+        ([4, 8, 64, 64], 0.5, 3),
+        ([3, 7, 41, 29], 0.3, 4),
+    ] {
+        let x = randn(&d, 170, 1.0);
+        let n = x.data().len();
         let key = NoiseKey::new(seed, 77);
         let y = BE.dropout(&x, p, key).unwrap();
         assert_eq!(dims(&y), d);
@@ -838,6 +844,7 @@ fn dropout_mask_statistics_and_scaling() {
         }
     }
     // Another key gives another mask.
+    let x = randn(&[4, 8, 64, 64], 170, 1.0);
     let a = BE.dropout(&x, 0.5, NoiseKey::new(1, 1)).unwrap();
     let b = BE.dropout(&x, 0.5, NoiseKey::new(1, 2)).unwrap();
     assert_ne!(a, b);
