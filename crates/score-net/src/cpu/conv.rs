@@ -24,6 +24,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use sde_core::{CpuTensor, Shape};
 
+use super::ops::{lane_sum, simd};
 use super::{tensor, view_slice, view_slice_mut};
 use crate::error::{ensure_shape, NetError};
 use crate::{Conv2dSpec, Result, View};
@@ -419,6 +420,7 @@ fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, off: usize) {
 /// The adjoint of [`im2col`]: adds each element of columns
 /// `off..off + H_out·W_out` of `col` (row-major, `ld` columns) to the input
 /// pixel it was gathered from, `dx [C_in, H, W] += col2im(col)`.
+#[inline(always)]
 fn col2im(col: &[f32], g: &Geom, dx: &mut [f32], ld: usize, off: usize) {
     let (k, s, p, wo, pix) = (g.k, g.stride, g.pad, g.wo, g.pixels());
     let plane = g.h * g.w;
@@ -609,9 +611,14 @@ pub(crate) fn check_linear_dy(op: &'static str, x: &Shape, out: usize, dy: &Shap
 /// (accumulated in f64) to `db`.
 fn add_row_sums(db: &mut [f32], dy: &[f32], len: usize) {
     let mut acc = vec![0.0f64; db.len()];
-    for (r, row) in dy.chunks_exact(len).enumerate() {
-        acc[r % db.len()] += row.iter().map(|&v| f64::from(v)).sum::<f64>();
-    }
+    simd(
+        #[inline(always)]
+        || {
+            for (r, row) in dy.chunks_exact(len).enumerate() {
+                acc[r % db.len()] += lane_sum(row, |v| v);
+            }
+        },
+    );
     for (d, a) in db.iter_mut().zip(acc) {
         *d += a as f32;
     }
@@ -705,9 +712,14 @@ pub fn conv2d_backward(
         dcol.resize(kd * cols, 0.0);
         let done = matmul(&mut dcol, wt, dyg, mm_dx);
         if done.is_ok() {
-            for (j, dxn) in dxg.chunks_exact_mut(in_n).enumerate() {
-                col2im(&dcol, &g, dxn, cols, j * pix);
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (j, dxn) in dxg.chunks_exact_mut(in_n).enumerate() {
+                        col2im(&dcol, &g, dxn, cols, j * pix);
+                    }
+                },
+            );
         }
         sc.col = dcol;
         done

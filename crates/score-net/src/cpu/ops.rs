@@ -64,7 +64,7 @@ fn closure<F>(f: F) -> F {
 /// the same IEEE operations in the same order, so the results are
 /// bit-identical either way.
 #[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]
@@ -165,7 +165,7 @@ const LANES: usize = 8;
 
 /// `sum_i f(x_i)` in `f64` over [`LANES`] accumulators.
 #[inline(always)]
-fn lane_sum(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+pub(crate) fn lane_sum(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     let mut acc = [0.0f64; LANES];
     let mut it = x.chunks_exact(LANES);
     for c in &mut it {
