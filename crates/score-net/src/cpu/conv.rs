@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use sde_core::{CpuTensor, Shape};
 
 use super::ops::{lane_sum, simd};
-use super::{tensor, view_slice, view_slice_mut};
+use super::{tensor, view_slice, view_slice_mut, zeros};
 use crate::error::{ensure_shape, NetError};
 use crate::{Conv2dSpec, Result, View};
 
@@ -562,7 +562,7 @@ pub fn conv2d(
         Ok(())
     };
     let bt = Batching::new(g.n, pix);
-    let mut y = vec![0.0f32; g.n * out_n];
+    let mut y = zeros(g.n * out_n);
     if bt.parallel {
         y.par_chunks_mut(bt.group * out_n)
             .zip(x.data().par_chunks(bt.group * in_n))
@@ -841,7 +841,7 @@ pub(crate) fn linear_geom(
 pub fn linear(x: &CpuTensor, params: &CpuTensor, w: &View, b: Option<&View>) -> Result<CpuTensor> {
     let (rows, inp, out) = linear_geom("linear", x.shape(), w, b)?;
     let wt = view_slice(params, w)?;
-    let mut y = vec![0.0f32; rows * out];
+    let mut y = zeros(rows * out);
     if let Some(b) = b {
         let bias = view_slice(params, b)?;
         for row in y.chunks_exact_mut(out) {
@@ -905,7 +905,7 @@ pub fn linear_backward(
         return Ok(None);
     }
     // dx [rows, in] = dy [rows, out] · W [out, in].
-    let mut dx = vec![0.0f32; rows * inp];
+    let mut dx = zeros(rows * inp);
     matmul(
         &mut dx,
         dy.data(),

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use sde_core::{CpuTensor, NoiseKey, Shape};
 
 use super::math::{self, sigmoid};
-use super::{tensor, view_slice, view_slice_mut};
+use super::{tensor, view_slice, view_slice_mut, zeros};
 use crate::error::{ensure_shape, NetError};
 use crate::{Result, View};
 
@@ -236,7 +236,7 @@ pub fn group_norm(
     let hw = h * w;
     let cg = c / groups;
     let xd = x.data();
-    let mut out = vec![0.0f32; xd.len()];
+    let mut out = zeros(xd.len());
     // One chunk per (sample, group): the group's channels are contiguous.
     for_chunks(
         &mut out,
@@ -286,7 +286,7 @@ pub fn group_norm_backward(
     let gs = cg * hw;
     let xd = x.data();
     let dyd = dy.data();
-    let mut dx = vec![0.0f32; xd.len()];
+    let mut dx = zeros(xd.len());
     // Per (sample, group), the group's `dgamma` then `dbeta` partial sums.
     let mut partial = vec![0.0f64; n * groups * 2 * cg];
     let body = closure(
@@ -366,7 +366,7 @@ pub fn group_norm_backward(
 /// `silu(x) = x sigmoid(x)`, elementwise (any shape).
 pub fn silu(x: &CpuTensor) -> Result<CpuTensor> {
     let xd = x.data();
-    let mut out = vec![0.0f32; xd.len()];
+    let mut out = zeros(xd.len());
     let chunk = PAR_MIN_WORK.min(xd.len()).max(1);
     for_chunks(
         &mut out,
@@ -387,7 +387,7 @@ pub fn silu_backward(x: &CpuTensor, dy: &CpuTensor) -> Result<CpuTensor> {
     same_shape("silu_backward", x, dy)?;
     let xd = x.data();
     let dyd = dy.data();
-    let mut out = vec![0.0f32; xd.len()];
+    let mut out = zeros(xd.len());
     let chunk = PAR_MIN_WORK.min(xd.len()).max(1);
     for_chunks(
         &mut out,
@@ -409,7 +409,7 @@ pub fn upsample_nearest2x(x: &CpuTensor) -> Result<CpuTensor> {
     let [n, c, h, w] = image_dims(x, "upsample_nearest2x")?;
     let xd = x.data();
     let (h2, w2) = (2 * h, 2 * w);
-    let mut out = vec![0.0f32; 4 * xd.len()];
+    let mut out = zeros(4 * xd.len());
     for_chunks(
         &mut out,
         h2 * w2,
@@ -444,7 +444,7 @@ fn block_sum(x: &CpuTensor, scale: f32, op: &'static str) -> Result<CpuTensor> {
     let [n, c, h, w] = even_image_dims(x.shape(), op)?;
     let xd = x.data();
     let (ho, wo) = (h / 2, w / 2);
-    let mut out = vec![0.0f32; xd.len() / 4];
+    let mut out = zeros(xd.len() / 4);
     for_chunks(
         &mut out,
         ho * wo,
@@ -562,7 +562,7 @@ pub fn add_channel_bias(x: &CpuTensor, v: &CpuTensor) -> Result<CpuTensor> {
     let hw = h * w;
     let xd = x.data();
     let vv = v.data();
-    let mut out = vec![0.0f32; xd.len()];
+    let mut out = zeros(xd.len());
     for_chunks(
         &mut out,
         hw,
@@ -592,7 +592,7 @@ pub fn sum_spatial(dy: &CpuTensor) -> Result<CpuTensor> {
 
 /// Transposes each sample's `[A, B]` matrix (`x` holds `N` of them) to `[B, A]`.
 fn transpose_samples(xd: &[f32], a: usize, b: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; xd.len()];
+    let mut out = zeros(xd.len());
     for_chunks(
         &mut out,
         a * b,
@@ -712,7 +712,7 @@ pub fn attention(q: &CpuTensor, k: &CpuTensor, v: &CpuTensor) -> Result<CpuTenso
     let (n, l, c) = attention_dims(q, k, v, "attention")?;
     let s = l * c;
     let (qd, kd, vd) = (q.data(), k.data(), v.data());
-    let mut out = vec![0.0f32; qd.len()];
+    let mut out = zeros(qd.len());
     for_chunks(
         &mut out,
         s,
@@ -748,9 +748,9 @@ pub fn attention_backward(
     let s = l * c;
     let scale = 1.0 / (c as f32).sqrt();
     let (qd, kd, vd, dyd) = (q.data(), k.data(), v.data(), dy.data());
-    let mut dq = vec![0.0f32; qd.len()];
-    let mut dk = vec![0.0f32; qd.len()];
-    let mut dv = vec![0.0f32; qd.len()];
+    let mut dq = zeros(qd.len());
+    let mut dk = zeros(qd.len());
+    let mut dv = zeros(qd.len());
     let body = closure(
         #[inline(always)]
         |b: usize, dqs: &mut [f32], dks: &mut [f32], dvs: &mut [f32]| {
@@ -848,7 +848,7 @@ pub fn dropout(x: &CpuTensor, p: f32, key: NoiseKey) -> Result<CpuTensor> {
     let keep_scale = 1.0 / (1.0 - p);
     let t = drop_threshold(p);
     let xd = x.data();
-    let mut out = vec![0.0f32; xd.len()];
+    let mut out = zeros(xd.len());
     let apply = |bits: u32, xv: f32| if bits >> 9 < t { 0.0 } else { xv * keep_scale };
     // Element i's uniform is lane i % 4 of Philox block i / 4, exactly as
     // `NoiseKey::fill_uniform` lays the stream out; chunks start on block
