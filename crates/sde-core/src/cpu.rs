@@ -5,8 +5,13 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::backend::check_same_shape;
 use crate::{Backend, Coef, Error, NoiseKey, Result, Shape};
+
+/// Elements from which `lincomb` splits the batch over the rayon pool.
+const PAR_MIN_ELEMS: usize = 1 << 16;
 
 /// A tensor in host memory. Clones share the elements (networks cache
 /// their activations for the backward pass without copying them);
@@ -106,8 +111,8 @@ impl Backend for CpuBackend {
     fn lincomb(&self, terms: &[(Coef<'_>, &CpuTensor)]) -> Result<CpuTensor> {
         let shape = crate::backend::check_lincomb(terms, |x: &CpuTensor| &x.shape)?;
         let d = shape.sample_numel();
-        let mut out = vec![0.0f32; shape.numel()];
-        for (n, o) in out.chunks_exact_mut(d).enumerate() {
+        // Sample n of the output: the first term written, the others added.
+        let sample = |n: usize, o: &mut [f32]| {
             let (c0, x0) = &terms[0];
             let c0 = c0.at(n);
             for (o, &x) in o.iter_mut().zip(x0.sample(n)) {
@@ -118,6 +123,20 @@ impl Backend for CpuBackend {
                 for (o, &x) in o.iter_mut().zip(x.sample(n)) {
                     *o += c * x;
                 }
+            }
+        };
+        let mut out = Vec::with_capacity(shape.numel());
+        if shape.numel() >= PAR_MIN_ELEMS && shape.batch() > 1 && d > 0 {
+            // Large batches (network activations, sampler states): samples in
+            // parallel, the buffer zeroed in parallel too.
+            out.par_extend(rayon::iter::repeat_n(0.0f32, shape.numel()));
+            out.par_chunks_mut(d)
+                .enumerate()
+                .for_each(|(n, o)| sample(n, o));
+        } else {
+            out.resize(shape.numel(), 0.0);
+            for (n, o) in out.chunks_exact_mut(d.max(1)).enumerate() {
+                sample(n, o);
             }
         }
         Ok(CpuTensor {
