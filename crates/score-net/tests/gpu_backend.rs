@@ -614,3 +614,28 @@ fn no_adapter_is_a_clear_typed_error() {
     assert!(msg.contains("mesa-vulkan-drivers"), "{msg}");
     assert!(msg.contains("WGPU_BACKEND"), "{msg}");
 }
+
+/// A lost device (here destroyed on purpose, as a driver reset would) turns
+/// the next operation into a `DeviceLost` error instead of a hang or garbage.
+#[test]
+fn lost_device_is_a_typed_error() {
+    // A device of its own: the shared one must stay usable for other tests.
+    let b = WgpuBackend::new().expect("adapter");
+    let s = shape(&[2, 3]);
+    let x = b.tensor(randn(&s, 1), &s).unwrap();
+    b.context().device().destroy();
+    let e = b
+        .scale(&x, Coef::Scalar(2.0))
+        .and_then(|y| b.to_vec(&y))
+        .unwrap_err();
+    // The backend wraps its own error: find the GpuError in the source chain.
+    let gpu_err = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<NetError>())
+        .and_then(|n| match n {
+            NetError::Gpu(g) => Some(g),
+            _ => None,
+        });
+    assert!(matches!(gpu_err, Some(GpuError::DeviceLost(_))), "{e:?}");
+    eprintln!("message: {e}");
+    assert!(e.to_string().contains("device lost"), "{e}");
+}

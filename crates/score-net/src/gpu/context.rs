@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use wgpu::util::DeviceExt;
 
 use super::kernels::KERNELS;
 use crate::error::GpuError;
@@ -515,6 +514,16 @@ impl GpuContext {
         }
     }
 
+    /// The first asynchronous error wgpu reported (say, a lost device),
+    /// which explains a later failure better than the failure itself, or
+    /// else `e`.
+    fn fault_or(&self, e: GpuError) -> GpuError {
+        // Let wgpu run pending callbacks (the device-lost one) first; a
+        // failing poll says no more than `e` does.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        self.check_fault().err().unwrap_or(e)
+    }
+
     /// The pool tensor storage comes from.
     pub fn pool(&self) -> &Arc<BufferPool> {
         &self.pool
@@ -566,7 +575,7 @@ impl GpuContext {
         {
             let mut view = buffer
                 .get_mapped_range_mut(..)
-                .map_err(|e| GpuError::Map(e.to_string()))?;
+                .map_err(|e| self.fault_or(GpuError::Map(e.to_string())))?;
             view.slice(..contents.len()).copy_from_slice(contents);
         }
         buffer.unmap();
@@ -590,15 +599,21 @@ impl GpuContext {
         if contents.is_empty() {
             return self.storage_buffer(label, 4);
         }
-        Ok(self
+        // Not `create_buffer_init`, which panics when the device is lost:
+        // a mapped buffer whose mapping error becomes a `GpuError`.
+        self.check_fault()?;
+        let size = (contents.len() as u64).next_multiple_of(16);
+        let buffer = self
             .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            }))
+            .create_buffer(&Self::storage_desc(label, size, true));
+        {
+            let mut view = buffer
+                .get_mapped_range_mut(..)
+                .map_err(|e| self.fault_or(GpuError::Map(e.to_string())))?;
+            view.slice(..contents.len()).copy_from_slice(contents);
+        }
+        buffer.unmap();
+        Ok(buffer)
     }
 
     fn module(&self, spec: &'static KernelSpec) -> wgpu::ShaderModule {
