@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-
 use super::kernels::KERNELS;
 use crate::error::GpuError;
 
