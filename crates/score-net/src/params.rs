@@ -68,8 +68,6 @@ pub struct ParamBuilder {
     index: HashMap<String, usize>,
     // End of the last view (the flat buffer's length).
     total: usize,
-    // Scalars declared (excludes alignment padding).
-    count: usize,
 }
 
 impl ParamBuilder {
@@ -96,7 +94,6 @@ impl ParamBuilder {
         }
         let view = View::new(self.total.next_multiple_of(PARAM_ALIGN), shape.to_vec());
         self.total = view.offset + view.numel();
-        self.count += view.numel();
         self.index.insert(name.clone(), self.specs.len());
         self.specs.push((name, view.clone(), init));
         Ok(view)
@@ -109,7 +106,7 @@ impl ParamBuilder {
 
     /// Total number of scalars declared so far (alignment padding excluded).
     pub fn num_params(&self) -> usize {
-        self.count
+        self.specs.iter().map(|(_, v, _)| v.numel()).sum()
     }
 
     /// Length of the flat buffers: the end of the last view, padding between

@@ -10,8 +10,27 @@ use rayon::prelude::*;
 use crate::backend::check_same_shape;
 use crate::{Backend, Coef, Error, NoiseKey, Result, Shape};
 
-/// Elements from which `lincomb` splits the batch over the rayon pool.
+/// Elements from which [`zeros`] and `lincomb` use the rayon pool.
 const PAR_MIN_ELEMS: usize = 1 << 16;
+
+/// `len` zeros, written rather than `calloc`ed, large vectors by the rayon
+/// pool. For output and accumulation buffers of the CPU kernels:
+/// - an op's output is zeroed before its parallel loop runs, so a serial
+///   fill would leave the other cores idle (malloc hands back reused memory,
+///   which `calloc` must clear on the calling thread);
+/// - freshly mapped `calloc` pages are first mapped read-only to the shared
+///   zero page, so accumulating into them takes a second (copy-on-write)
+///   fault per page that also flushes the other threads' TLBs; written zeros
+///   fault each page once.
+pub fn zeros(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    if len >= PAR_MIN_ELEMS {
+        v.par_extend(rayon::iter::repeat_n(0.0f32, len));
+    } else {
+        v.resize(len, 0.0);
+    }
+    v
+}
 
 /// A tensor in host memory. Clones share the elements (networks cache
 /// their activations for the backward pass without copying them);
@@ -125,16 +144,14 @@ impl Backend for CpuBackend {
                 }
             }
         };
-        let mut out = Vec::with_capacity(shape.numel());
+        let mut out = zeros(shape.numel());
         if shape.numel() >= PAR_MIN_ELEMS && shape.batch() > 1 && d > 0 {
             // Large batches (network activations, sampler states): samples in
-            // parallel, the buffer zeroed in parallel too.
-            out.par_extend(rayon::iter::repeat_n(0.0f32, shape.numel()));
+            // parallel.
             out.par_chunks_mut(d)
                 .enumerate()
                 .for_each(|(n, o)| sample(n, o));
         } else {
-            out.resize(shape.numel(), 0.0);
             for (n, o) in out.chunks_exact_mut(d.max(1)).enumerate() {
                 sample(n, o);
             }

@@ -744,7 +744,7 @@ pub fn conv2d_backward(
     };
 
     let mut dx = if need_dx {
-        written_zeros(g.n * in_n)
+        zeros(g.n * in_n)
     } else {
         Vec::new()
     };
@@ -761,7 +761,7 @@ pub fn conv2d_backward(
             .enumerate()
             .map(|(c, dxc)| {
                 let first = c * per;
-                let mut dw = written_zeros(g.cout * kd);
+                let mut dw = zeros(g.cout * kd);
                 chunk(first, per.min(g.n - first), dxc, &mut dw, false)?;
                 Ok(dw)
             })
@@ -780,18 +780,6 @@ pub fn conv2d_backward(
     } else {
         Ok(None)
     }
-}
-
-/// `n` zeros written by the CPU, for buffers that are accumulated into.
-///
-/// `vec![0.0; n]` gets lazily zeroed pages (calloc) that are first mapped
-/// read-only to the shared zero page; an accumulation then reads them and
-/// writes them, a second (copy-on-write) fault per page that also flushes the
-/// other threads' TLBs. Writing the zeros up front faults each page once.
-fn written_zeros(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    v.resize(n, 0.0f32);
-    v
 }
 
 /// Validates a linear layer's input shape `x` and its weight and bias views

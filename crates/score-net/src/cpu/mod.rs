@@ -13,7 +13,7 @@ pub mod ops;
 pub mod optim;
 
 pub use alloc::{retain_freed_memory, MMAP_THRESHOLD, TRIM_THRESHOLD};
-use rayon::iter::ParallelExtend;
+pub(crate) use sde_core::cpu::zeros;
 use sde_core::{CpuBackend, CpuTensor, NoiseKey};
 
 use crate::{AdamStep, Conv2dSpec, NetBackend, Result, View};
@@ -37,22 +37,6 @@ pub fn dims(x: &CpuTensor, rank: usize, op: &'static str) -> Result<Vec<usize>> 
         format!("expected a rank-{rank} tensor, got shape {}", x.shape())
     })?;
     Ok(d)
-}
-
-/// Elements below which [`zeros`] fills on the calling thread.
-const PAR_ZERO_MIN: usize = 1 << 16;
-
-/// `vec![0.0; len]`, with a large vector zeroed by the thread pool: an op's
-/// output buffer is zeroed before the op's parallel loop runs, so a serial
-/// fill would leave the other cores idle (malloc hands back reused memory,
-/// which `calloc` must clear).
-pub(crate) fn zeros(len: usize) -> Vec<f32> {
-    if len < PAR_ZERO_MIN {
-        return vec![0.0; len];
-    }
-    let mut v = Vec::with_capacity(len);
-    v.par_extend(rayon::iter::repeat_n(0.0f32, len));
-    v
 }
 
 /// A tensor of `dims` from `data`.

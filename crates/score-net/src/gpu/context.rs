@@ -568,9 +568,22 @@ impl GpuContext {
         let class = (contents.len() as u64)
             .max(4)
             .next_multiple_of(POOL_GRANULE);
+        Ok(self.pooled(self.mapped_from(label, class, contents)?))
+    }
+
+    /// A storage buffer of `size` bytes (at least `contents.len()`) created
+    /// mapped, with `contents` at its start. Not `create_buffer_init`, which
+    /// panics when the device is lost: a mapping failure is a `GpuError`
+    /// (the recorded fault, when there is one).
+    fn mapped_from(
+        &self,
+        label: &str,
+        size: u64,
+        contents: &[u8],
+    ) -> Result<wgpu::Buffer, GpuError> {
         let buffer = self
             .device
-            .create_buffer(&Self::storage_desc(label, class, true));
+            .create_buffer(&Self::storage_desc(label, size, true));
         {
             let mut view = buffer
                 .get_mapped_range_mut(..)
@@ -578,7 +591,7 @@ impl GpuContext {
             view.slice(..contents.len()).copy_from_slice(contents);
         }
         buffer.unmap();
-        Ok(self.pooled(buffer))
+        Ok(buffer)
     }
 
     /// A zero-initialised storage buffer of `bytes`, rounded up to a multiple
@@ -598,21 +611,12 @@ impl GpuContext {
         if contents.is_empty() {
             return self.storage_buffer(label, 4);
         }
-        // Not `create_buffer_init`, which panics when the device is lost:
-        // a mapped buffer whose mapping error becomes a `GpuError`.
         self.check_fault()?;
-        let size = (contents.len() as u64).next_multiple_of(16);
-        let buffer = self
-            .device
-            .create_buffer(&Self::storage_desc(label, size, true));
-        {
-            let mut view = buffer
-                .get_mapped_range_mut(..)
-                .map_err(|e| self.fault_or(GpuError::Map(e.to_string())))?;
-            view.slice(..contents.len()).copy_from_slice(contents);
-        }
-        buffer.unmap();
-        Ok(buffer)
+        self.mapped_from(
+            label,
+            (contents.len() as u64).next_multiple_of(16),
+            contents,
+        )
     }
 
     fn module(&self, spec: &'static KernelSpec) -> wgpu::ShaderModule {
