@@ -174,6 +174,29 @@ impl GroupNorm {
     ) -> Result<B::Tensor> {
         b.group_norm_backward(x, dy, p, &self.gamma, &self.beta, self.groups, GN_EPS, g)
     }
+
+    /// `silu(GN(x))` (fused where the backend can).
+    pub fn forward_silu<B: NetBackend>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        b.group_norm_silu(x, p, &self.gamma, &self.beta, self.groups, GN_EPS)
+    }
+
+    /// Backward of [`GroupNorm::forward_silu`] from its input `x`:
+    /// accumulates parameter gradients, returns `dx`.
+    pub fn backward_silu<B: NetBackend>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        dy: &B::Tensor,
+        g: &mut B::Tensor,
+    ) -> Result<B::Tensor> {
+        b.group_norm_silu_backward(x, dy, p, &self.gamma, &self.beta, self.groups, GN_EPS, g)
+    }
 }
 
 /// DDPM++'s group count: `min(c / 4, 32)`, at least 1, and a divisor of `c`.
@@ -205,11 +228,9 @@ pub struct ResBlock {
 #[derive(Clone, Debug)]
 pub struct ResBlockCache<T> {
     x: T,
-    a1: T,
     s1: T,
     silu_temb: T,
     h1: T,
-    a2: T,
     d2: T,
     key: Option<NoiseKey>,
 }
@@ -259,14 +280,12 @@ impl ResBlock {
         temb: &B::Tensor,
         key: Option<NoiseKey>,
     ) -> Result<(B::Tensor, ResBlockCache<B::Tensor>)> {
-        let a1 = self.gn1.forward(b, p, x)?;
-        let s1 = b.silu(&a1)?;
+        let s1 = self.gn1.forward_silu(b, p, x)?;
         let c1 = self.conv1.forward(b, p, &s1)?;
         let silu_temb = b.silu(temb)?;
         let tproj = self.temb.forward(b, p, &silu_temb)?;
         let h1 = b.add_channel_bias(&c1, &tproj)?;
-        let a2 = self.gn2.forward(b, p, &h1)?;
-        let s2 = b.silu(&a2)?;
+        let s2 = self.gn2.forward_silu(b, p, &h1)?;
         let key = key.filter(|_| self.dropout > 0.0);
         let d2 = match key {
             Some(k) => b.dropout(&s2, self.dropout, k)?,
@@ -283,11 +302,9 @@ impl ResBlock {
             out,
             ResBlockCache {
                 x: x.clone(),
-                a1,
                 s1,
                 silu_temb,
                 h1,
-                a2,
                 d2,
                 key,
             },
@@ -312,14 +329,12 @@ impl ResBlock {
             Some(k) => b.dropout_backward(&dd2, self.dropout, k)?,
             None => dd2,
         };
-        let da2 = b.silu_backward(&c.a2, &ds2)?;
-        let dh1 = self.gn2.backward(b, p, &c.h1, &da2, g)?;
+        let dh1 = self.gn2.backward_silu(b, p, &c.h1, &ds2, g)?;
         let dtproj = b.sum_spatial(&dh1)?;
         let dsilu_t = self.temb.backward(b, p, &c.silu_temb, &dtproj, g)?;
         let dtemb = b.silu_backward(temb, &dsilu_t)?;
         let ds1 = self.conv1.backward_dx(b, p, &c.s1, &dh1, g)?;
-        let da1 = b.silu_backward(&c.a1, &ds1)?;
-        let dx_branch = self.gn1.backward(b, p, &c.x, &da1, g)?;
+        let dx_branch = self.gn1.backward_silu(b, p, &c.x, &ds1, g)?;
         // Skip path.
         let dx_skip = match &self.skip {
             Some(conv) => conv.backward_dx(b, p, &c.x, &dy, g)?,

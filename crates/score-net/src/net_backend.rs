@@ -184,6 +184,45 @@ pub trait NetBackend: Backend {
         grads: &mut Self::Tensor,
     ) -> Result<Self::Tensor>;
 
+    /// `silu(group_norm(x))`, the normalisation + activation pair that opens
+    /// every residual branch. The default composes [`NetBackend::group_norm`]
+    /// and [`NetBackend::silu`]; a backend may fuse them (the CPU backend
+    /// does, with bit-identical results).
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_silu(
+        &self,
+        x: &Self::Tensor,
+        params: &Self::Tensor,
+        gamma: &View,
+        beta: &View,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        let a = self.group_norm(x, params, gamma, beta, groups, eps)?;
+        self.silu(&a)
+    }
+
+    /// Backward of [`NetBackend::group_norm_silu`] from its input `x` alone:
+    /// accumulates `dgamma`, `dbeta` into `grads`, returns `dx`. The default
+    /// recomputes the normalised tensor, then runs [`NetBackend::silu_backward`]
+    /// and [`NetBackend::group_norm_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_silu_backward(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        params: &Self::Tensor,
+        gamma: &View,
+        beta: &View,
+        groups: usize,
+        eps: f32,
+        grads: &mut Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let a = self.group_norm(x, params, gamma, beta, groups, eps)?;
+        let da = self.silu_backward(&a, dy)?;
+        self.group_norm_backward(x, &da, params, gamma, beta, groups, eps, grads)
+    }
+
     /// `silu(x) = x sigmoid(x)`, elementwise.
     fn silu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
 

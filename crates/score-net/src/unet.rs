@@ -263,7 +263,6 @@ pub struct UnetCache<T> {
     up: Vec<ItemCache<T>>,
     n_skips: usize,
     out_in: T,
-    out_a: T,
     out_s: T,
 }
 
@@ -509,8 +508,7 @@ impl Unet {
                 }
             }
         }
-        let out_a = self.gn_out.forward(b, p, &h)?;
-        let out_s = b.silu(&out_a)?;
+        let out_s = self.gn_out.forward_silu(b, p, &h)?;
         let out = self.conv_out.forward(b, p, &out_s)?;
         Ok((
             out,
@@ -525,7 +523,6 @@ impl Unet {
                 up,
                 n_skips,
                 out_in: h,
-                out_a,
                 out_s,
             },
         ))
@@ -542,8 +539,7 @@ impl Unet {
         g: &mut B::Tensor,
     ) -> Result<B::Tensor> {
         let ds = self.conv_out.backward_dx(b, p, &c.out_s, dy, g)?;
-        let da = b.silu_backward(&c.out_a, &ds)?;
-        let mut dh = self.gn_out.backward(b, p, &c.out_in, &da, g)?;
+        let mut dh = self.gn_out.backward_silu(b, p, &c.out_in, &ds, g)?;
         let mut dtemb = b.zeros(b.shape(&c.temb))?;
         let mut dskips: Vec<Option<B::Tensor>> = vec![None; c.n_skips];
         for (item, cache) in self.up.iter().zip(&c.up).rev() {

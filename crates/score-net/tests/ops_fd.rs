@@ -333,6 +333,124 @@ fn group_norm_rejects_bad_input() {
     );
 }
 
+// ---------------------------------------------------------------- group norm + silu
+
+// The fused op must equal what `NetBackend`'s default does (group norm, then
+// SiLU; the wgpu backend runs the default), bit for bit.
+#[test]
+fn group_norm_silu_is_the_composition_bit_for_bit() {
+    // Small (serial) and large (threaded) inputs, one and several groups.
+    for (xd, groups, seed) in [
+        ([2, 6, 5, 3], 3, 90),
+        ([4, 32, 16, 16], 8, 91),
+        ([3, 8, 7, 7], 1, 92),
+    ] {
+        let c = xd[1];
+        let x = randn(&xd, seed, 1.5);
+        let dy = randn(&xd, seed + 10, 1.0);
+        let p = gn_params(c, seed + 20);
+        let a = BE
+            .group_norm(&x, &p.params, &p.gamma, &p.beta, groups, 1e-6)
+            .unwrap();
+        let want = BE.silu(&a).unwrap();
+        let got = BE
+            .group_norm_silu(&x, &p.params, &p.gamma, &p.beta, groups, 1e-6)
+            .unwrap();
+        assert_eq!(got, want, "forward, shape {xd:?}");
+
+        let pd = dims(&p.params);
+        let mut g_want = randn(&pd, seed + 30, 1.0);
+        let mut g_got = g_want.clone();
+        let da = BE.silu_backward(&a, &dy).unwrap();
+        let dx_want = BE
+            .group_norm_backward(
+                &x,
+                &da,
+                &p.params,
+                &p.gamma,
+                &p.beta,
+                groups,
+                1e-6,
+                &mut g_want,
+            )
+            .unwrap();
+        let dx_got = BE
+            .group_norm_silu_backward(
+                &x, &dy, &p.params, &p.gamma, &p.beta, groups, 1e-6, &mut g_got,
+            )
+            .unwrap();
+        assert_eq!(dx_got, dx_want, "dx, shape {xd:?}");
+        assert_eq!(g_got, g_want, "grads, shape {xd:?}");
+    }
+}
+
+#[test]
+fn group_norm_silu_backward_matches_finite_differences() {
+    let xd = [2, 6, 5, 3];
+    for groups in [1, 3] {
+        let x = randn(&xd, 96 + groups as u64, 1.0);
+        let dy = randn(&xd, 98, 1.0);
+        let p = gn_params(6, 99);
+        let eps = 1e-5;
+        let mut grads = t(vec![0.0; p.params.data().len()], &dims(&p.params));
+        let dx = BE
+            .group_norm_silu_backward(
+                &x, &dy, &p.params, &p.gamma, &p.beta, groups, eps, &mut grads,
+            )
+            .unwrap();
+        let fwd = |x: &CpuTensor, params: &CpuTensor| {
+            let y = BE
+                .group_norm_silu(x, params, &p.gamma, &p.beta, groups, eps)
+                .unwrap();
+            dot64(y.data(), dy.data())
+        };
+        let loss_x = |xs: &[f32]| fwd(&t(xs.to_vec(), &xd), &p.params);
+        check_grad("group_norm_silu dx", x.data(), dx.data(), loss_x, H, TOL, 1);
+        let loss_p = |ps: &[f32]| fwd(&x, &t(ps.to_vec(), &dims(&p.params)));
+        // dgamma, dbeta, and every other gradient entry left at 0.
+        check_grad(
+            "group_norm_silu dgamma/dbeta",
+            p.params.data(),
+            grads.data(),
+            loss_p,
+            H,
+            TOL,
+            1,
+        );
+    }
+}
+
+#[test]
+fn group_norm_silu_rejects_bad_input() {
+    let x = randn(&[2, 6, 5, 3], 100, 1.0);
+    let p = gn_params(6, 101);
+    let mut grads = t(vec![0.0; p.params.data().len()], &dims(&p.params));
+    assert!(is_shape_err(
+        BE.group_norm_silu(&x, &p.params, &p.gamma, &p.beta, 4, 1e-5)
+    ));
+    let short = View::new(p.params.data().len() - 2, [6]);
+    assert!(is_view_err(
+        BE.group_norm_silu(&x, &p.params, &p.gamma, &short, 3, 1e-5)
+    ));
+    assert!(is_shape_err(BE.group_norm_silu_backward(
+        &x,
+        &randn(&[2, 6, 5, 2], 102, 1.0),
+        &p.params,
+        &p.gamma,
+        &p.beta,
+        3,
+        1e-5,
+        &mut grads
+    )));
+    assert!(is_view_err(BE.group_norm_silu_backward(
+        &x, &x, &p.params, &p.gamma, &short, 3, 1e-5, &mut grads
+    )));
+    assert!(
+        grads.data().iter().all(|&v| v == 0.0),
+        "a failed backward wrote gradients"
+    );
+}
+
 // ---------------------------------------------------------------- silu
 
 #[test]

@@ -25,7 +25,14 @@ const PAR_MIN_ELEMS: usize = 1 << 16;
 pub fn zeros(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     if len >= PAR_MIN_ELEMS {
-        v.par_extend(rayon::iter::repeat_n(0.0f32, len));
+        // Plain fills (memset) of 64 KiB pieces; rayon's `par_extend` would
+        // write one element at a time through its collect consumer.
+        v.spare_capacity_mut()[..len]
+            .par_chunks_mut(PAR_MIN_ELEMS / 4)
+            .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
+        // SAFETY: the capacity is at least `len`, and the loop above
+        // initialised every one of the first `len` elements.
+        unsafe { v.set_len(len) };
     } else {
         v.resize(len, 0.0);
     }
@@ -280,5 +287,30 @@ impl Backend for CpuBackend {
 
     fn check_finite(&self, x: &CpuTensor, what: &str) -> Result<()> {
         crate::error::check_finite(what, &x.data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeros_has_the_length_and_only_zeros() {
+        // Below, at and above the parallel threshold, and a length that is
+        // not a multiple of the fill pieces; buffers are reused from freed
+        // non-zero memory to catch an element that is never written.
+        for len in [
+            0,
+            1,
+            1000,
+            PAR_MIN_ELEMS - 1,
+            PAR_MIN_ELEMS,
+            5 * PAR_MIN_ELEMS + 123,
+        ] {
+            drop(vec![7.0f32; len + 16]);
+            let z = zeros(len);
+            assert_eq!(z.len(), len);
+            assert!(z.iter().all(|&v| v.to_bits() == 0), "len {len}");
+        }
     }
 }

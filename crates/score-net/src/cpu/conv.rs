@@ -357,21 +357,32 @@ fn valid_range(len: usize, out: usize, kofs: usize, g: &Geom) -> (usize, usize) 
     (lo, hi.max(lo))
 }
 
+/// A half-open range `[lo, hi)` of output positions.
+type Span = (usize, usize);
+
+/// [`valid_range`] for every kernel offset `0..k`, along the height and the
+/// width: computed once per call rather than per channel (the divisions
+/// cost more than the copies on 7x7 planes).
+fn valid_ranges(g: &Geom) -> (Vec<Span>, Vec<Span>) {
+    let rows = (0..g.k).map(|kh| valid_range(g.h, g.ho, kh, g)).collect();
+    let cols = (0..g.k).map(|kw| valid_range(g.w, g.wo, kw, g)).collect();
+    (rows, cols)
+}
+
 /// Writes the im2col matrix `[C_in·k·k, H_out·W_out]` of one sample
 /// `x [C_in, H, W]` into columns `off..off + H_out·W_out` of `col`, a
 /// row-major matrix with `ld` columns (several samples side by side).
 /// Every element of those columns is written, so `col` need not be cleared.
 fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, off: usize) {
-    let (k, s, p, wo, pix) = (g.k, g.stride, g.pad, g.wo, g.pixels());
+    let (s, p, wo, pix) = (g.stride, g.pad, g.wo, g.pixels());
     let plane = g.h * g.w;
+    let (vr, vc) = valid_ranges(g);
     let mut rows = col.chunks_exact_mut(ld);
     for xc in x.chunks_exact(plane) {
-        for kh in 0..k {
-            let (oh_lo, oh_hi) = valid_range(g.h, g.ho, kh, g);
-            for kw in 0..k {
+        for (kh, &(oh_lo, oh_hi)) in vr.iter().enumerate() {
+            for (kw, &(ow_lo, ow_hi)) in vc.iter().enumerate() {
                 let Some(row) = rows.next() else { return };
                 let row = &mut row[off..off + pix];
-                let (ow_lo, ow_hi) = valid_range(g.w, wo, kw, g);
                 row[..oh_lo * wo].fill(0.0);
                 row[oh_hi * wo..].fill(0.0);
                 if ow_lo == ow_hi {
@@ -419,21 +430,41 @@ fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, off: usize) {
 
 /// The adjoint of [`im2col`]: adds each element of columns
 /// `off..off + H_out·W_out` of `col` (row-major, `ld` columns) to the input
-/// pixel it was gathered from, `dx [C_in, H, W] += col2im(col)`.
+/// pixel it was gathered from, `dx [C_in, H, W] += col2im(col)`. Entries of
+/// `col` that stand for padding may be overwritten (with zeros).
 #[inline(always)]
-fn col2im(col: &[f32], g: &Geom, dx: &mut [f32], ld: usize, off: usize) {
-    let (k, s, p, wo, pix) = (g.k, g.stride, g.pad, g.wo, g.pixels());
+fn col2im(col: &mut [f32], g: &Geom, dx: &mut [f32], ld: usize, off: usize) {
+    let (s, p, wo, pix) = (g.stride, g.pad, g.wo, g.pixels());
     let plane = g.h * g.w;
-    let mut rows = col.chunks_exact(ld);
+    let (vr, vc) = valid_ranges(g);
+    let mut rows = col.chunks_exact_mut(ld);
     for dxc in dx.chunks_exact_mut(plane) {
-        for kh in 0..k {
-            let (oh_lo, oh_hi) = valid_range(g.h, g.ho, kh, g);
-            for kw in 0..k {
+        for (kh, &(oh_lo, oh_hi)) in vr.iter().enumerate() {
+            for (kw, &(ow_lo, ow_hi)) in vc.iter().enumerate() {
                 let Some(row) = rows.next() else { return };
-                let row = &row[off..off + pix];
-                let (ow_lo, ow_hi) = valid_range(g.w, wo, kw, g);
+                let row = &mut row[off..off + pix];
                 if ow_lo == ow_hi {
                     // This kernel column only ever sees padding.
+                    continue;
+                }
+                if s == 1 && wo == g.w && oh_hi > oh_lo {
+                    // As in `im2col`: the valid pixels of all output rows map
+                    // to one contiguous span of the input. The entries in
+                    // between (padding columns, which wrap around to the
+                    // neighbouring row) are zeroed first, so one long add
+                    // replaces many short ones.
+                    if ow_lo > 0 || ow_hi < wo {
+                        for r in row[oh_lo * wo..oh_hi * wo].chunks_exact_mut(wo) {
+                            r[..ow_lo].fill(0.0);
+                            r[ow_hi..].fill(0.0);
+                        }
+                    }
+                    let ih_lo = oh_lo + kh - p;
+                    let (d0, d1) = (oh_lo * wo + ow_lo, (oh_hi - 1) * wo + ow_hi);
+                    let s0 = ih_lo * g.w + ow_lo + kw - p;
+                    for (d, v) in dxc[s0..s0 + (d1 - d0)].iter_mut().zip(&row[d0..d1]) {
+                        *d += v;
+                    }
                     continue;
                 }
                 for oh in oh_lo..oh_hi {
@@ -716,7 +747,7 @@ pub fn conv2d_backward(
                 #[inline(always)]
                 || {
                     for (j, dxn) in dxg.chunks_exact_mut(in_n).enumerate() {
-                        col2im(&dcol, &g, dxn, cols, j * pix);
+                        col2im(&mut dcol, &g, dxn, cols, j * pix);
                     }
                 },
             );

@@ -119,6 +119,32 @@ impl NetBackend for CpuBackend {
         ops::group_norm_backward(x, dy, params, gamma, beta, groups, eps, grads)
     }
 
+    fn group_norm_silu(
+        &self,
+        x: &CpuTensor,
+        params: &CpuTensor,
+        gamma: &View,
+        beta: &View,
+        groups: usize,
+        eps: f32,
+    ) -> Result<CpuTensor> {
+        ops::group_norm_silu(x, params, gamma, beta, groups, eps)
+    }
+
+    fn group_norm_silu_backward(
+        &self,
+        x: &CpuTensor,
+        dy: &CpuTensor,
+        params: &CpuTensor,
+        gamma: &View,
+        beta: &View,
+        groups: usize,
+        eps: f32,
+        grads: &mut CpuTensor,
+    ) -> Result<CpuTensor> {
+        ops::group_norm_silu_backward(x, dy, params, gamma, beta, groups, eps, grads)
+    }
+
     fn silu(&self, x: &CpuTensor) -> Result<CpuTensor> {
         ops::silu(x)
     }

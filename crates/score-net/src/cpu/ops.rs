@@ -229,8 +229,33 @@ pub fn group_norm(
     groups: usize,
     eps: f32,
 ) -> Result<CpuTensor> {
-    const OP: &str = "group_norm";
-    let [n, c, h, w] = group_norm_check(x.shape(), gamma, beta, groups, eps, OP)?;
+    group_norm_impl::<false>(x, params, gamma, beta, groups, eps, "group_norm")
+}
+
+/// `silu(group_norm(x))` in one pass over `x`: bit-identical to [`silu`] of
+/// [`group_norm`], without writing or reading the normalised tensor.
+pub fn group_norm_silu(
+    x: &CpuTensor,
+    params: &CpuTensor,
+    gamma: &View,
+    beta: &View,
+    groups: usize,
+    eps: f32,
+) -> Result<CpuTensor> {
+    group_norm_impl::<true>(x, params, gamma, beta, groups, eps, "group_norm_silu")
+}
+
+/// [`group_norm`], followed by SiLU when `SILU`.
+fn group_norm_impl<const SILU: bool>(
+    x: &CpuTensor,
+    params: &CpuTensor,
+    gamma: &View,
+    beta: &View,
+    groups: usize,
+    eps: f32,
+    op: &'static str,
+) -> Result<CpuTensor> {
+    let [n, c, h, w] = group_norm_check(x.shape(), gamma, beta, groups, eps, op)?;
     let g = view_slice(params, gamma)?;
     let b = view_slice(params, beta)?;
     let hw = h * w;
@@ -253,7 +278,8 @@ pub fn group_norm(
                 let scale = (rstd * f64::from(g[c0 + ci])) as f32;
                 let shift = b[c0 + ci];
                 for (o, &v) in oc.iter_mut().zip(xc) {
-                    *o = ((v - hi) - lo) * scale + shift;
+                    let a = ((v - hi) - lo) * scale + shift;
+                    *o = if SILU { a * sigmoid(a) } else { a };
                 }
             }
         },
@@ -274,10 +300,46 @@ pub fn group_norm_backward(
     eps: f32,
     grads: &mut CpuTensor,
 ) -> Result<CpuTensor> {
-    const OP: &str = "group_norm_backward";
-    let [n, c, h, w] = group_norm_check(x.shape(), gamma, beta, groups, eps, OP)?;
-    same_shape(OP, x, dy)?;
+    let op = "group_norm_backward";
+    group_norm_backward_impl::<false>(x, dy, params, gamma, beta, groups, eps, grads, op)
+}
+
+/// Backward of [`group_norm_silu`]: the normalised value is recomputed from
+/// `x` and `dy` turned into its gradient (as [`silu_backward`] does) one
+/// channel at a time, in cache. Bit-identical to [`group_norm_backward`] of
+/// [`silu_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_backward(
+    x: &CpuTensor,
+    dy: &CpuTensor,
+    params: &CpuTensor,
+    gamma: &View,
+    beta: &View,
+    groups: usize,
+    eps: f32,
+    grads: &mut CpuTensor,
+) -> Result<CpuTensor> {
+    let op = "group_norm_silu_backward";
+    group_norm_backward_impl::<true>(x, dy, params, gamma, beta, groups, eps, grads, op)
+}
+
+/// [`group_norm_backward`], of [`group_norm_silu`] when `SILU`.
+#[allow(clippy::too_many_arguments)]
+fn group_norm_backward_impl<const SILU: bool>(
+    x: &CpuTensor,
+    dy: &CpuTensor,
+    params: &CpuTensor,
+    gamma: &View,
+    beta: &View,
+    groups: usize,
+    eps: f32,
+    grads: &mut CpuTensor,
+    op: &'static str,
+) -> Result<CpuTensor> {
+    let [n, c, h, w] = group_norm_check(x.shape(), gamma, beta, groups, eps, op)?;
+    same_shape(op, x, dy)?;
     let g = view_slice(params, gamma)?;
+    let b = view_slice(params, beta)?;
     // Check the gradient views before doing the work.
     view_slice_mut(grads, gamma)?;
     view_slice_mut(grads, beta)?;
@@ -296,13 +358,30 @@ pub fn group_norm_backward(
             let dys = &dyd[i * gs..(i + 1) * gs];
             let (mean, rstd) = moments(xs, eps);
             let c0 = (i % groups) * cg;
+            let (hi, lo) = split_mean(mean);
             // Sums over the group of dxhat = dy * gamma and dxhat * xhat.
             let (mut s1, mut s2) = (0.0f64, 0.0f64);
             let (pg, pb) = part.split_at_mut(cg);
             for ci in 0..cg {
                 let gc = f64::from(g[c0 + ci]);
                 let r = ci * hw..(ci + 1) * hw;
-                let (dxc, db) = lane_sums2(&xs[r.clone()], &dys[r], mean);
+                let dya = if SILU {
+                    // The gradient at the normalised value `a` (the forward's
+                    // arithmetic, then silu_backward's), kept in `dxs` for
+                    // the last pass.
+                    let scale = (rstd * gc) as f32;
+                    let shift = b[c0 + ci];
+                    let da = &mut dxs[r.clone()];
+                    for ((o, &v), &d) in da.iter_mut().zip(&xs[r.clone()]).zip(&dys[r.clone()]) {
+                        let a = ((v - hi) - lo) * scale + shift;
+                        let s = sigmoid(a);
+                        *o = d * s * (1.0 + a * (1.0 - s));
+                    }
+                    &dxs[r.clone()]
+                } else {
+                    &dys[r.clone()]
+                };
+                let (dxc, db) = lane_sums2(&xs[r], dya, mean);
                 let dg = dxc * rstd;
                 pg[ci] = dg;
                 pb[ci] = db;
@@ -312,14 +391,22 @@ pub fn group_norm_backward(
             let m = gs as f64;
             let (m1, m2) = (s1 / m, s2 / m);
             // Per element in f32: rstd * (dy * gamma - m1 - xhat * m2).
-            let ((hi, lo), rstd32) = (split_mean(mean), rstd as f32);
+            let rstd32 = rstd as f32;
             let (m1, m2) = (m1 as f32, m2 as f32);
             for ci in 0..cg {
                 let gc = g[c0 + ci];
                 let r = ci * hw..(ci + 1) * hw;
-                for ((o, &v), &d) in dxs[r.clone()].iter_mut().zip(&xs[r.clone()]).zip(&dys[r]) {
-                    let xh = ((v - hi) - lo) * rstd32;
-                    *o = rstd32 * (d * gc - m1 - xh * m2);
+                let (dxc, xc) = (&mut dxs[r.clone()], &xs[r.clone()]);
+                if SILU {
+                    for (o, &v) in dxc.iter_mut().zip(xc) {
+                        let xh = ((v - hi) - lo) * rstd32;
+                        *o = rstd32 * (*o * gc - m1 - xh * m2);
+                    }
+                } else {
+                    for ((o, &v), &d) in dxc.iter_mut().zip(xc).zip(&dys[r]) {
+                        let xh = ((v - hi) - lo) * rstd32;
+                        *o = rstd32 * (d * gc - m1 - xh * m2);
+                    }
                 }
             }
         },
