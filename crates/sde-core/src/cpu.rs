@@ -3,6 +3,7 @@
 //! cache-friendly loops. It is a first-class backend (what machines without a
 //! GPU run) and the reference every other backend is tested against.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -137,13 +138,18 @@ impl Backend for CpuBackend {
     fn lincomb(&self, terms: &[(Coef<'_>, &CpuTensor)]) -> Result<CpuTensor> {
         let shape = crate::backend::check_lincomb(terms, |x: &CpuTensor| &x.shape)?;
         let d = shape.sample_numel();
-        // Sample n of the output: the first term written, the others added.
-        let sample = |n: usize, o: &mut [f32]| {
+        // Sample n of the output (uninitialised on entry): the first term
+        // written, the others added.
+        let sample = |n: usize, o: &mut [MaybeUninit<f32>]| {
             let (c0, x0) = &terms[0];
             let c0 = c0.at(n);
             for (o, &x) in o.iter_mut().zip(x0.sample(n)) {
-                *o = c0 * x;
+                o.write(c0 * x);
             }
+            // SAFETY: every term has the output's shape (checked above), so
+            // the zip above wrote all `d` elements of `o`; MaybeUninit<f32>
+            // has the layout of f32.
+            let o = unsafe { &mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]) };
             for (c, x) in &terms[1..] {
                 let c = c.at(n);
                 for (o, &x) in o.iter_mut().zip(x.sample(n)) {
@@ -151,18 +157,24 @@ impl Backend for CpuBackend {
                 }
             }
         };
-        let mut out = zeros(shape.numel());
-        if shape.numel() >= PAR_MIN_ELEMS && shape.batch() > 1 && d > 0 {
+        let len = shape.numel();
+        let mut out = Vec::with_capacity(len);
+        let ou = &mut out.spare_capacity_mut()[..len];
+        if len >= PAR_MIN_ELEMS && shape.batch() > 1 {
             // Large batches (network activations, sampler states): samples in
             // parallel.
-            out.par_chunks_mut(d)
+            ou.par_chunks_mut(d)
                 .enumerate()
                 .for_each(|(n, o)| sample(n, o));
         } else {
-            for (n, o) in out.chunks_exact_mut(d.max(1)).enumerate() {
+            for (n, o) in ou.chunks_exact_mut(d).enumerate() {
                 sample(n, o);
             }
         }
+        // SAFETY: the capacity is at least `len` = batch · d; the batch's
+        // chunks of `d` elements (d > 0: shapes have no zero dimensions)
+        // tile it, and `sample` wrote every element of each.
+        unsafe { out.set_len(len) };
         Ok(CpuTensor {
             shape: shape.clone(),
             data: Arc::new(out),

@@ -20,6 +20,8 @@
 //! the batch is smaller than the thread pool the groups run one after the
 //! other with a threaded GEMM instead. (Measured in `benches/benches/conv.rs`.)
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 use sde_core::{CpuTensor, Shape};
@@ -357,6 +359,19 @@ fn valid_range(len: usize, out: usize, kofs: usize, g: &Geom) -> (usize, usize) 
     (lo, hi.max(lo))
 }
 
+/// Zeroes `x`, a slice of a few elements (the padding columns of one image
+/// row, usually one): stores, rather than the call to `memset` that `fill`
+/// becomes.
+#[inline(always)]
+fn zero_few(x: &mut [f32]) {
+    match x {
+        [] => {}
+        [a] => *a = 0.0,
+        [a, b] => (*a, *b) = (0.0, 0.0),
+        _ => x.fill(0.0),
+    }
+}
+
 /// A half-open range `[lo, hi)` of output positions.
 type Span = (usize, usize);
 
@@ -403,8 +418,8 @@ fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, off: usize) {
                     row[d0..d1].copy_from_slice(&xc[s0..s0 + (d1 - d0)]);
                     if ow_lo > 0 || ow_hi < wo {
                         for r in row[oh_lo * wo..oh_hi * wo].chunks_exact_mut(wo) {
-                            r[..ow_lo].fill(0.0);
-                            r[ow_hi..].fill(0.0);
+                            zero_few(&mut r[..ow_lo]);
+                            zero_few(&mut r[ow_hi..]);
                         }
                     }
                     continue;
@@ -413,8 +428,8 @@ fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, off: usize) {
                     let ih = oh * s + kh - p;
                     let src = &xc[ih * g.w..(ih + 1) * g.w];
                     let dst = &mut row[oh * wo..(oh + 1) * wo];
-                    dst[..ow_lo].fill(0.0);
-                    dst[ow_hi..].fill(0.0);
+                    zero_few(&mut dst[..ow_lo]);
+                    zero_few(&mut dst[ow_hi..]);
                     if s == 1 {
                         dst[ow_lo..ow_hi].copy_from_slice(&src[ow_lo + kw - p..ow_hi + kw - p]);
                     } else {
@@ -455,8 +470,8 @@ fn col2im(col: &mut [f32], g: &Geom, dx: &mut [f32], ld: usize, off: usize) {
                     // replaces many short ones.
                     if ow_lo > 0 || ow_hi < wo {
                         for r in row[oh_lo * wo..oh_hi * wo].chunks_exact_mut(wo) {
-                            r[..ow_lo].fill(0.0);
-                            r[ow_hi..].fill(0.0);
+                            zero_few(&mut r[..ow_lo]);
+                            zero_few(&mut r[ow_hi..]);
                         }
                     }
                     let ih_lo = oh_lo + kh - p;
@@ -557,57 +572,85 @@ pub fn conv2d(
             }
         }
     };
-    // One group of samples: `xg [G, C_in, H, W] -> yg [G, C_out, H_out, W_out]`.
-    let group = |xg: &[f32], yg: &mut [f32], sc: &mut Scratch, par: bool| -> Result<()> {
-        let gn = xg.len() / in_n;
-        let cols = gn * pix;
-        let mm = MatMul::new(g.cout, cols, kd)
-            .accumulating(bias.is_some())
-            .threaded(par);
-        if gn == 1 {
-            // One sample: the GEMM writes `y_n` directly, and a pointwise
-            // convolution needs no im2col at all.
-            fill_bias(yg, cols);
-            let rhs: &[f32] = if g.pointwise() {
-                xg
-            } else {
-                sc.col.resize(kd * cols, 0.0);
-                im2col(xg, &g, &mut sc.col, cols, 0);
-                &sc.col
-            };
-            return matmul(yg, wt, rhs, mm);
-        }
-        sc.col.resize(kd * cols, 0.0);
-        for (j, xn) in xg.chunks_exact(in_n).enumerate() {
-            im2col(xn, &g, &mut sc.col, cols, j * pix);
-        }
-        sc.aux.resize(g.cout * cols, 0.0);
-        fill_bias(&mut sc.aux, cols);
-        matmul(&mut sc.aux, wt, &sc.col, mm)?;
-        // [C_out, G·P] -> [G, C_out, P].
-        for (j, yn) in yg.chunks_exact_mut(out_n).enumerate() {
-            for (co, row) in yn.chunks_exact_mut(pix).enumerate() {
-                row.copy_from_slice(&sc.aux[co * cols + j * pix..co * cols + (j + 1) * pix]);
+    // One group of samples: `xg [G, C_in, H, W] -> yg [G, C_out, H_out, W_out]`
+    // (`yg` uninitialised on entry, every element written).
+    let group =
+        |xg: &[f32], yg: &mut [MaybeUninit<f32>], sc: &mut Scratch, par: bool| -> Result<()> {
+            let gn = xg.len() / in_n;
+            let cols = gn * pix;
+            let mm = MatMul::new(g.cout, cols, kd)
+                .accumulating(bias.is_some())
+                .threaded(par);
+            if gn == 1 {
+                // One sample: the GEMM adds to `y_n` (set to the bias first)
+                // directly, and a pointwise convolution needs no im2col at all.
+                let yg = fill_rows(yg, pix, |co| bias.map_or(0.0, |b| b[co]));
+                let rhs: &[f32] = if g.pointwise() {
+                    xg
+                } else {
+                    sc.col.resize(kd * cols, 0.0);
+                    im2col(xg, &g, &mut sc.col, cols, 0);
+                    &sc.col
+                };
+                return matmul(yg, wt, rhs, mm);
             }
-        }
-        Ok(())
-    };
+            sc.col.resize(kd * cols, 0.0);
+            for (j, xn) in xg.chunks_exact(in_n).enumerate() {
+                im2col(xn, &g, &mut sc.col, cols, j * pix);
+            }
+            sc.aux.resize(g.cout * cols, 0.0);
+            fill_bias(&mut sc.aux, cols);
+            matmul(&mut sc.aux, wt, &sc.col, mm)?;
+            // [C_out, G·P] -> [G, C_out, P] (every element of `yg`: G samples
+            // of C_out rows of P).
+            for (j, yn) in yg.chunks_exact_mut(out_n).enumerate() {
+                for (co, row) in yn.chunks_exact_mut(pix).enumerate() {
+                    let src = &sc.aux[co * cols + j * pix..co * cols + (j + 1) * pix];
+                    for (d, &v) in row.iter_mut().zip(src) {
+                        d.write(v);
+                    }
+                }
+            }
+            Ok(())
+        };
     let bt = Batching::new(g.n, pix);
-    let mut y = zeros(g.n * out_n);
+    let len = g.n * out_n;
+    let mut y = Vec::with_capacity(len);
+    let yu = &mut y.spare_capacity_mut()[..len];
     if bt.parallel {
-        y.par_chunks_mut(bt.group * out_n)
+        yu.par_chunks_mut(bt.group * out_n)
             .zip(x.data().par_chunks(bt.group * in_n))
             .try_for_each_init(Scratch::default, |sc, (yg, xg)| group(xg, yg, sc, false))?;
     } else {
         let mut sc = Scratch::default();
-        for (yg, xg) in y
+        for (yg, xg) in yu
             .chunks_mut(bt.group * out_n)
             .zip(x.data().chunks(bt.group * in_n))
         {
             group(xg, yg, &mut sc, true)?;
         }
     }
+    // SAFETY: the capacity is at least `len`; the groups' chunks tile the
+    // first `len` elements and `group` wrote every element of each (it
+    // returned Ok for all of them, or we returned above).
+    unsafe { y.set_len(len) };
     tensor(y, &g.out_dims())
+}
+
+/// Writes `value(r)` to every element of row `r` of `out` (rows of `cols`
+/// elements) and returns it, now initialised.
+fn fill_rows(
+    out: &mut [MaybeUninit<f32>],
+    cols: usize,
+    value: impl Fn(usize) -> f32,
+) -> &mut [f32] {
+    for (r, row) in out.chunks_mut(cols).enumerate() {
+        row.fill(MaybeUninit::new(value(r)));
+    }
+    // SAFETY: the rows tile `out` (`chunks_mut` panics for cols = 0), so
+    // every element was written above; `MaybeUninit<f32>` has the layout of
+    // `f32`.
+    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// Checks that the gradient buffer (`grads` elements) has the layout

@@ -12,6 +12,8 @@
 //! backend ([`crate::gpu::net::ops`]) calls the same functions, so a wrong
 //! shape is the same typed error on both backends.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 use sde_core::{CpuTensor, NoiseKey, Shape};
 
@@ -25,9 +27,10 @@ const PAR_MIN_WORK: usize = 1 << 15;
 
 /// Runs `f(index, chunk)` over the `chunk`-sized pieces of `out`, in parallel
 /// when `work` (roughly the op's element operations) is large enough.
-fn for_chunks<F>(out: &mut [f32], chunk: usize, work: usize, f: F)
+fn for_chunks<T, F>(out: &mut [T], chunk: usize, work: usize, f: F)
 where
-    F: Fn(usize, &mut [f32]) + Sync + Send,
+    T: Send,
+    F: Fn(usize, &mut [T]) + Sync + Send,
 {
     if chunk == 0 {
         return;
@@ -47,6 +50,31 @@ where
             )
         });
     }
+}
+
+/// A new `len`-element output computed by `f(index, chunk)` over its
+/// `chunk`-sized pieces as [`for_chunks`] runs them, without clearing the
+/// memory first (most ops write every output element exactly once, so a
+/// zero fill would be a wasted pass over memory).
+///
+/// # Safety
+/// Every call of `f` must initialise every element of the chunk it is given
+/// (for example by zipping the chunk with an input slice at least as long).
+unsafe fn build_chunks<F>(len: usize, chunk: usize, work: usize, f: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+{
+    if len == 0 {
+        return Vec::new();
+    }
+    // `for_chunks` does nothing for chunk 0, which would leave it all unwritten.
+    assert!(chunk > 0, "build_chunks: chunk size 0 for {len} elements");
+    let mut out = Vec::with_capacity(len);
+    for_chunks(&mut out.spare_capacity_mut()[..len], chunk, work, f);
+    // SAFETY: the capacity is at least `len`, and by the caller's contract
+    // the chunks, which tile the first `len` elements, were all initialised.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// `f` itself: lets a closure bound with `let` carry `#[inline(always)]`
@@ -261,29 +289,31 @@ fn group_norm_impl<const SILU: bool>(
     let hw = h * w;
     let cg = c / groups;
     let xd = x.data();
-    let mut out = zeros(xd.len());
     // One chunk per (sample, group): the group's channels are contiguous.
-    for_chunks(
-        &mut out,
-        cg * hw,
-        xd.len(),
-        #[inline(always)]
-        |i, o| {
-            let xs = &xd[i * cg * hw..(i + 1) * cg * hw];
-            let (mean, rstd) = moments(xs, eps);
-            let c0 = (i % groups) * cg;
-            // Per element in f32: (x - mean) * (rstd * gamma) + beta (statistics in f64).
-            let (hi, lo) = split_mean(mean);
-            for (ci, (oc, xc)) in o.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
-                let scale = (rstd * f64::from(g[c0 + ci])) as f32;
-                let shift = b[c0 + ci];
-                for (o, &v) in oc.iter_mut().zip(xc) {
-                    let a = ((v - hi) - lo) * scale + shift;
-                    *o = if SILU { a * sigmoid(a) } else { a };
+    // SAFETY: each chunk is `cg` planes of `hw` elements, all written below.
+    let out = unsafe {
+        build_chunks(
+            xd.len(),
+            cg * hw,
+            xd.len(),
+            #[inline(always)]
+            |i, o| {
+                let xs = &xd[i * cg * hw..(i + 1) * cg * hw];
+                let (mean, rstd) = moments(xs, eps);
+                let c0 = (i % groups) * cg;
+                // Per element in f32: (x - mean) * (rstd * gamma) + beta (statistics in f64).
+                let (hi, lo) = split_mean(mean);
+                for (ci, (oc, xc)) in o.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
+                    let scale = (rstd * f64::from(g[c0 + ci])) as f32;
+                    let shift = b[c0 + ci];
+                    for (o, &v) in oc.iter_mut().zip(xc) {
+                        let a = ((v - hi) - lo) * scale + shift;
+                        o.write(if SILU { a * sigmoid(a) } else { a });
+                    }
                 }
-            }
-        },
-    );
+            },
+        )
+    };
     tensor(out, &[n, c, h, w])
 }
 
@@ -348,17 +378,20 @@ fn group_norm_backward_impl<const SILU: bool>(
     let gs = cg * hw;
     let xd = x.data();
     let dyd = dy.data();
-    let mut dx = zeros(xd.len());
     // Per (sample, group), the group's `dgamma` then `dbeta` partial sums.
     let mut partial = vec![0.0f64; n * groups * 2 * cg];
+    // `da` holds the SiLU-backward gradient of one group (unused otherwise).
     let body = closure(
         #[inline(always)]
-        |i: usize, dxs: &mut [f32], part: &mut [f64]| {
+        |i: usize, dxs: &mut [MaybeUninit<f32>], part: &mut [f64], da: &mut Vec<f32>| {
             let xs = &xd[i * gs..(i + 1) * gs];
             let dys = &dyd[i * gs..(i + 1) * gs];
             let (mean, rstd) = moments(xs, eps);
             let c0 = (i % groups) * cg;
             let (hi, lo) = split_mean(mean);
+            if SILU {
+                da.resize(gs, 0.0);
+            }
             // Sums over the group of dxhat = dy * gamma and dxhat * xhat.
             let (mut s1, mut s2) = (0.0f64, 0.0f64);
             let (pg, pb) = part.split_at_mut(cg);
@@ -366,18 +399,17 @@ fn group_norm_backward_impl<const SILU: bool>(
                 let gc = f64::from(g[c0 + ci]);
                 let r = ci * hw..(ci + 1) * hw;
                 let dya = if SILU {
-                    // The gradient at the normalised value `a` (the forward's
-                    // arithmetic, then silu_backward's), kept in `dxs` for
-                    // the last pass.
+                    // The gradient at the normalised value `a`: the forward's
+                    // arithmetic, then silu_backward's.
                     let scale = (rstd * gc) as f32;
                     let shift = b[c0 + ci];
-                    let da = &mut dxs[r.clone()];
-                    for ((o, &v), &d) in da.iter_mut().zip(&xs[r.clone()]).zip(&dys[r.clone()]) {
+                    let dac = &mut da[r.clone()];
+                    for ((o, &v), &d) in dac.iter_mut().zip(&xs[r.clone()]).zip(&dys[r.clone()]) {
                         let a = ((v - hi) - lo) * scale + shift;
                         let s = sigmoid(a);
                         *o = d * s * (1.0 + a * (1.0 - s));
                     }
-                    &dxs[r.clone()]
+                    &da[r.clone()]
                 } else {
                     &dys[r.clone()]
                 };
@@ -393,45 +425,46 @@ fn group_norm_backward_impl<const SILU: bool>(
             // Per element in f32: rstd * (dy * gamma - m1 - xhat * m2).
             let rstd32 = rstd as f32;
             let (m1, m2) = (m1 as f32, m2 as f32);
+            let dyg: &[f32] = if SILU { da } else { dys };
             for ci in 0..cg {
                 let gc = g[c0 + ci];
                 let r = ci * hw..(ci + 1) * hw;
-                let (dxc, xc) = (&mut dxs[r.clone()], &xs[r.clone()]);
-                if SILU {
-                    for (o, &v) in dxc.iter_mut().zip(xc) {
-                        let xh = ((v - hi) - lo) * rstd32;
-                        *o = rstd32 * (*o * gc - m1 - xh * m2);
-                    }
-                } else {
-                    for ((o, &v), &d) in dxc.iter_mut().zip(xc).zip(&dys[r]) {
-                        let xh = ((v - hi) - lo) * rstd32;
-                        *o = rstd32 * (d * gc - m1 - xh * m2);
-                    }
+                for ((o, &v), &d) in dxs[r.clone()].iter_mut().zip(&xs[r.clone()]).zip(&dyg[r]) {
+                    let xh = ((v - hi) - lo) * rstd32;
+                    o.write(rstd32 * (d * gc - m1 - xh * m2));
                 }
             }
         },
     );
+    let mut dx = Vec::with_capacity(xd.len());
+    let out = &mut dx.spare_capacity_mut()[..xd.len()];
     if xd.len() >= PAR_MIN_WORK && n * groups > 1 {
-        dx.par_chunks_mut(gs)
+        out.par_chunks_mut(gs)
             .zip(partial.par_chunks_mut(2 * cg))
             .enumerate()
-            .for_each(|(i, (d, p))| {
+            .for_each_init(Vec::new, |da, (i, (d, p))| {
                 simd(
                     #[inline(always)]
-                    || body(i, d, p),
+                    || body(i, d, p, da),
                 )
             });
     } else {
-        dx.chunks_mut(gs)
+        let mut da = Vec::new();
+        out.chunks_mut(gs)
             .zip(partial.chunks_mut(2 * cg))
             .enumerate()
             .for_each(|(i, (d, p))| {
                 simd(
                     #[inline(always)]
-                    || body(i, d, p),
+                    || body(i, d, p, &mut da),
                 )
             });
     }
+    // SAFETY: the capacity is at least `x`'s length; the `n * groups` chunks
+    // of `gs` elements tile it (`gs > 0`: shapes have no zero dimensions)
+    // and `body` wrote each plane by plane, `cg` planes of `hw` zipped with
+    // planes of `x` and `dy` (or `da`) of the same length.
+    unsafe { dx.set_len(xd.len()) };
     let mut dgamma = vec![0.0f64; c];
     let mut dbeta = vec![0.0f64; c];
     for (i, p) in partial.chunks_exact(2 * cg).enumerate() {
@@ -453,19 +486,22 @@ fn group_norm_backward_impl<const SILU: bool>(
 /// `silu(x) = x sigmoid(x)`, elementwise (any shape).
 pub fn silu(x: &CpuTensor) -> Result<CpuTensor> {
     let xd = x.data();
-    let mut out = zeros(xd.len());
     let chunk = PAR_MIN_WORK.min(xd.len()).max(1);
-    for_chunks(
-        &mut out,
-        chunk,
-        xd.len(),
-        #[inline(always)]
-        |i, o| {
-            for (o, &v) in o.iter_mut().zip(&xd[i * chunk..]) {
-                *o = v * sigmoid(v);
-            }
-        },
-    );
+    // SAFETY: chunk `i` is zipped with the input from `i * chunk`, which is
+    // at least as long.
+    let out = unsafe {
+        build_chunks(
+            xd.len(),
+            chunk,
+            xd.len(),
+            #[inline(always)]
+            |i, o| {
+                for (o, &v) in o.iter_mut().zip(&xd[i * chunk..]) {
+                    o.write(v * sigmoid(v));
+                }
+            },
+        )
+    };
     tensor(out, x.shape().dims())
 }
 
@@ -474,20 +510,23 @@ pub fn silu_backward(x: &CpuTensor, dy: &CpuTensor) -> Result<CpuTensor> {
     same_shape("silu_backward", x, dy)?;
     let xd = x.data();
     let dyd = dy.data();
-    let mut out = zeros(xd.len());
     let chunk = PAR_MIN_WORK.min(xd.len()).max(1);
-    for_chunks(
-        &mut out,
-        chunk,
-        xd.len(),
-        #[inline(always)]
-        |i, o| {
-            for ((o, &v), &d) in o.iter_mut().zip(&xd[i * chunk..]).zip(&dyd[i * chunk..]) {
-                let s = sigmoid(v);
-                *o = d * s * (1.0 + v * (1.0 - s));
-            }
-        },
-    );
+    // SAFETY: chunk `i` is zipped with `x` and `dy` (same length) from
+    // `i * chunk`, each at least as long.
+    let out = unsafe {
+        build_chunks(
+            xd.len(),
+            chunk,
+            xd.len(),
+            #[inline(always)]
+            |i, o| {
+                for ((o, &v), &d) in o.iter_mut().zip(&xd[i * chunk..]).zip(&dyd[i * chunk..]) {
+                    let s = sigmoid(v);
+                    o.write(d * s * (1.0 + v * (1.0 - s)));
+                }
+            },
+        )
+    };
     tensor(out, x.shape().dims())
 }
 
@@ -496,24 +535,28 @@ pub fn upsample_nearest2x(x: &CpuTensor) -> Result<CpuTensor> {
     let [n, c, h, w] = image_dims(x, "upsample_nearest2x")?;
     let xd = x.data();
     let (h2, w2) = (2 * h, 2 * w);
-    let mut out = zeros(4 * xd.len());
-    for_chunks(
-        &mut out,
-        h2 * w2,
-        4 * xd.len(),
-        #[inline(always)]
-        |p, o| {
-            let xs = &xd[p * h * w..(p + 1) * h * w];
-            for (i, xr) in xs.chunks_exact(w).enumerate() {
-                let (top, bottom) = o[2 * i * w2..(2 * i + 2) * w2].split_at_mut(w2);
-                for (j, &v) in xr.iter().enumerate() {
-                    top[2 * j] = v;
-                    top[2 * j + 1] = v;
+    // SAFETY: plane `p` (h2 x w2) is written as h pairs of rows: the top
+    // row element by element (j < w covers its 2w = w2 entries), the bottom
+    // row copied from it.
+    let out = unsafe {
+        build_chunks(
+            4 * xd.len(),
+            h2 * w2,
+            4 * xd.len(),
+            #[inline(always)]
+            |p, o| {
+                let xs = &xd[p * h * w..(p + 1) * h * w];
+                for (i, xr) in xs.chunks_exact(w).enumerate() {
+                    let (top, bottom) = o[2 * i * w2..(2 * i + 2) * w2].split_at_mut(w2);
+                    for (j, &v) in xr.iter().enumerate() {
+                        top[2 * j].write(v);
+                        top[2 * j + 1].write(v);
+                    }
+                    bottom.copy_from_slice(top);
                 }
-                bottom.copy_from_slice(top);
-            }
-        },
-    );
+            },
+        )
+    };
     tensor(out, &[n, c, h2, w2])
 }
 
@@ -531,23 +574,25 @@ fn block_sum(x: &CpuTensor, scale: f32, op: &'static str) -> Result<CpuTensor> {
     let [n, c, h, w] = even_image_dims(x.shape(), op)?;
     let xd = x.data();
     let (ho, wo) = (h / 2, w / 2);
-    let mut out = zeros(xd.len() / 4);
-    for_chunks(
-        &mut out,
-        ho * wo,
-        xd.len(),
-        #[inline(always)]
-        |p, o| {
-            let xs = &xd[p * h * w..(p + 1) * h * w];
-            for (i, orow) in o.chunks_exact_mut(wo).enumerate() {
-                let r0 = &xs[2 * i * w..(2 * i + 1) * w];
-                let r1 = &xs[(2 * i + 1) * w..(2 * i + 2) * w];
-                for (j, ov) in orow.iter_mut().enumerate() {
-                    *ov = (r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1]) * scale;
+    // SAFETY: plane `p` is `ho` rows of `wo` elements, each written.
+    let out = unsafe {
+        build_chunks(
+            xd.len() / 4,
+            ho * wo,
+            xd.len(),
+            #[inline(always)]
+            |p, o| {
+                let xs = &xd[p * h * w..(p + 1) * h * w];
+                for (i, orow) in o.chunks_exact_mut(wo).enumerate() {
+                    let r0 = &xs[2 * i * w..(2 * i + 1) * w];
+                    let r1 = &xs[(2 * i + 1) * w..(2 * i + 2) * w];
+                    for (j, ov) in orow.iter_mut().enumerate() {
+                        ov.write((r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1]) * scale);
+                    }
                 }
-            }
-        },
-    );
+            },
+        )
+    };
     tensor(out, &[n, c, ho, wo])
 }
 
@@ -649,19 +694,21 @@ pub fn add_channel_bias(x: &CpuTensor, v: &CpuTensor) -> Result<CpuTensor> {
     let hw = h * w;
     let xd = x.data();
     let vv = v.data();
-    let mut out = zeros(xd.len());
-    for_chunks(
-        &mut out,
-        hw,
-        xd.len(),
-        #[inline(always)]
-        |p, o| {
-            let b = vv[p];
-            for (o, &xv) in o.iter_mut().zip(&xd[p * hw..(p + 1) * hw]) {
-                *o = xv + b;
-            }
-        },
-    );
+    // SAFETY: plane `p` is zipped with the input plane of the same length.
+    let out = unsafe {
+        build_chunks(
+            xd.len(),
+            hw,
+            xd.len(),
+            #[inline(always)]
+            |p, o| {
+                let b = vv[p];
+                for (o, &xv) in o.iter_mut().zip(&xd[p * hw..(p + 1) * hw]) {
+                    o.write(xv + b);
+                }
+            },
+        )
+    };
     tensor(out, &[n, c, h, w])
 }
 
@@ -679,22 +726,24 @@ pub fn sum_spatial(dy: &CpuTensor) -> Result<CpuTensor> {
 
 /// Transposes each sample's `[A, B]` matrix (`x` holds `N` of them) to `[B, A]`.
 fn transpose_samples(xd: &[f32], a: usize, b: usize) -> Vec<f32> {
-    let mut out = zeros(xd.len());
-    for_chunks(
-        &mut out,
-        a * b,
-        xd.len(),
-        #[inline(always)]
-        |s, o| {
-            let xs = &xd[s * a * b..(s + 1) * a * b];
-            for (i, row) in xs.chunks_exact(b).enumerate() {
-                for (j, &v) in row.iter().enumerate() {
-                    o[j * a + i] = v;
+    // SAFETY: sample `s` has `a * b` elements; `(i, j)` runs over all of
+    // `[0, a) x [0, b)`, so `j * a + i` hits each of them.
+    unsafe {
+        build_chunks(
+            xd.len(),
+            a * b,
+            xd.len(),
+            #[inline(always)]
+            |s, o| {
+                let xs = &xd[s * a * b..(s + 1) * a * b];
+                for (i, row) in xs.chunks_exact(b).enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        o[j * a + i].write(v);
+                    }
                 }
-            }
-        },
-    );
-    out
+            },
+        )
+    }
 }
 
 /// `[N, C, H, W] -> [N, H*W, C]` (pixels as tokens).
@@ -935,42 +984,45 @@ pub fn dropout(x: &CpuTensor, p: f32, key: NoiseKey) -> Result<CpuTensor> {
     let keep_scale = 1.0 / (1.0 - p);
     let t = drop_threshold(p);
     let xd = x.data();
-    let mut out = zeros(xd.len());
     let apply = |bits: u32, xv: f32| if bits >> 9 < t { 0.0 } else { xv * keep_scale };
     // Element i's uniform is lane i % 4 of Philox block i / 4, exactly as
     // `NoiseKey::fill_uniform` lays the stream out; chunks start on block
     // boundaries so they can be generated independently, eight blocks
     // (32 elements) at a time.
-    for_chunks(
-        &mut out,
-        DROPOUT_CHUNK,
-        xd.len(),
-        #[inline(always)]
-        |ci, o| {
-            let start = ci * DROPOUT_CHUNK;
-            let xs = &xd[start..start + o.len()];
-            let done = o.len() / 32 * 32;
-            let mut oi = o.chunks_exact_mut(32);
-            let mut xi = xs.chunks_exact(32);
-            for (bi, (ob, xb)) in (&mut oi).zip(&mut xi).enumerate() {
-                let w = key.blocks8((start / 4 + 8 * bi) as u64);
-                for (e, (o, &xv)) in ob.iter_mut().zip(xb).enumerate() {
-                    *o = apply(w[e % 4][e / 4], xv);
+    // SAFETY: each chunk is zipped with the input slice of its length, in
+    // pieces of 32 and then of (at most) 4, both sides cut alike.
+    let out = unsafe {
+        build_chunks(
+            xd.len(),
+            DROPOUT_CHUNK,
+            xd.len(),
+            #[inline(always)]
+            |ci, o| {
+                let start = ci * DROPOUT_CHUNK;
+                let xs = &xd[start..start + o.len()];
+                let done = o.len() / 32 * 32;
+                let mut oi = o.chunks_exact_mut(32);
+                let mut xi = xs.chunks_exact(32);
+                for (bi, (ob, xb)) in (&mut oi).zip(&mut xi).enumerate() {
+                    let w = key.blocks8((start / 4 + 8 * bi) as u64);
+                    for (e, (o, &xv)) in ob.iter_mut().zip(xb).enumerate() {
+                        o.write(apply(w[e % 4][e / 4], xv));
+                    }
                 }
-            }
-            for (bi, (ob, xb)) in oi
-                .into_remainder()
-                .chunks_mut(4)
-                .zip(xi.remainder().chunks(4))
-                .enumerate()
-            {
-                let bits = key.block(((start + done) / 4 + bi) as u64);
-                for ((o, &xv), &u) in ob.iter_mut().zip(xb).zip(&bits) {
-                    *o = apply(u, xv);
+                for (bi, (ob, xb)) in oi
+                    .into_remainder()
+                    .chunks_mut(4)
+                    .zip(xi.remainder().chunks(4))
+                    .enumerate()
+                {
+                    let bits = key.block(((start + done) / 4 + bi) as u64);
+                    for ((o, &xv), &u) in ob.iter_mut().zip(xb).zip(&bits) {
+                        o.write(apply(u, xv));
+                    }
                 }
-            }
-        },
-    );
+            },
+        )
+    };
     tensor(out, x.shape().dims())
 }
 
