@@ -698,6 +698,15 @@ fn add_row_sums(db: &mut [f32], dy: &[f32], len: usize) {
     }
 }
 
+/// `dst [cols, rows] += srcᵀ` for `src [rows, cols]` (row-major).
+fn add_transposed(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    for (i, row) in src.chunks_exact(cols).take(rows).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * rows + i] += v;
+        }
+    }
+}
+
 /// Backward of [`conv2d`]: **accumulates** `dW` (and `db` when `b` is given)
 /// into `grads` (laid out like `params`) at the views `w`, `b`, and returns
 /// `dx [N, C_in, H, W]` when `need_dx`.
@@ -748,7 +757,9 @@ pub fn conv2d_backward(
         let cols = gn * pix;
         let xg = &xs[s0 * in_n..(s0 + gn) * in_n];
         let dyg_in = &dys[s0 * out_n..(s0 + gn) * out_n];
-        let mm_dw = MatMul::new(g.cout, kd, cols)
+        // dWᵀ [K, C_out] += col [K, G·P] · dYᵀ: gemm then transposes dY
+        // while packing rather than the K/C_out times larger im2col matrix.
+        let mm_dw = MatMul::new(kd, g.cout, cols)
             .rhs_transposed()
             .accumulating(true)
             .threaded(par);
@@ -774,7 +785,7 @@ pub fn conv2d_backward(
             }
             &sc.col
         };
-        matmul(dw, dyg, col, mm_dw)?;
+        matmul(dw, col, dyg, mm_dw)?;
         if !need_dx {
             return Ok(());
         }
@@ -840,14 +851,17 @@ pub fn conv2d_backward(
                 Ok(dw)
             })
             .collect::<Result<Vec<_>>>()?;
-        let dwg = view_slice_mut(grads, w)?;
+        let mut dwt = zeros(g.cout * kd);
         for p in partials {
-            for (d, v) in dwg.iter_mut().zip(p) {
+            for (d, v) in dwt.iter_mut().zip(p) {
                 *d += v;
             }
         }
+        add_transposed(view_slice_mut(grads, w)?, &dwt, kd, g.cout);
     } else {
-        chunk(0, g.n, &mut dx, view_slice_mut(grads, w)?, true)?;
+        let mut dwt = zeros(g.cout * kd);
+        chunk(0, g.n, &mut dx, &mut dwt, true)?;
+        add_transposed(view_slice_mut(grads, w)?, &dwt, kd, g.cout);
     }
     if need_dx {
         Ok(Some(tensor(dx, x.shape().dims())?))
