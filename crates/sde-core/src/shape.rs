@@ -11,8 +11,16 @@ use crate::{Error, Result};
 #[serde(try_from = "Vec<usize>", into = "Vec<usize>")]
 pub struct Shape(Vec<usize>);
 
+/// The most elements a shape may have: `isize::MAX / 16`, so that byte
+/// sizes of `f32` tensors, and the element counts of ops that grow a tensor
+/// (4x for 2x up-sampling), never overflow.
+pub const MAX_NUMEL: usize = isize::MAX as usize / 16;
+
 impl Shape {
-    /// Builds a shape, rejecting an empty dimension list or a zero-sized dimension.
+    /// Builds a shape, rejecting an empty dimension list, a zero-sized
+    /// dimension, or more than [`MAX_NUMEL`] elements in all. So for every
+    /// `Shape`, [`Shape::numel`] and [`Shape::sample_numel`] are exact
+    /// (no overflow) and at least 1, which the CPU kernels rely on.
     pub fn new(dims: impl Into<Vec<usize>>) -> Result<Self> {
         let shape = Shape(dims.into());
         if shape.0.is_empty() {
@@ -25,6 +33,13 @@ impl Shape {
             return Err(Error::InvalidShape {
                 shape,
                 reason: "zero-sized dimensions are not supported",
+            });
+        }
+        let numel = shape.0.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if numel.is_none_or(|n| n > MAX_NUMEL) {
+            return Err(Error::InvalidShape {
+                shape,
+                reason: "too many elements (more than isize::MAX / 16)",
             });
         }
         Ok(shape)
@@ -109,5 +124,22 @@ mod tests {
             Shape::new([2, 0]),
             Err(Error::InvalidShape { .. })
         ));
+    }
+
+    #[test]
+    fn rejects_element_counts_that_overflow() {
+        // The product wraps around usize (to 2 here) or exceeds the cap.
+        for dims in [
+            vec![2, (1usize << 63) + 1],
+            vec![1, 1, 6_148_914_691_236_517_206, 3],
+            vec![MAX_NUMEL + 1],
+            vec![2, MAX_NUMEL / 2 + 1],
+        ] {
+            assert!(
+                matches!(Shape::new(dims.clone()), Err(Error::InvalidShape { .. })),
+                "{dims:?}"
+            );
+        }
+        assert_eq!(Shape::new([MAX_NUMEL]).unwrap().numel(), MAX_NUMEL);
     }
 }

@@ -630,9 +630,10 @@ pub fn conv2d(
             group(xg, yg, &mut sc, true)?;
         }
     }
-    // SAFETY: the capacity is at least `len`; the groups' chunks tile the
-    // first `len` elements and `group` wrote every element of each (it
-    // returned Ok for all of them, or we returned above).
+    // SAFETY: the capacity is at least `len`; the groups' chunks of `y` tile
+    // the first `len` elements and are each visited, `x` having as many
+    // chunks (`n` samples either way), and `group` wrote every element of
+    // each (it returned Ok for all of them, or we returned above).
     unsafe { y.set_len(len) };
     tensor(y, &g.out_dims())
 }

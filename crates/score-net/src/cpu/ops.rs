@@ -60,6 +60,8 @@ where
 /// # Safety
 /// Every call of `f` must initialise every element of the chunk it is given
 /// (for example by zipping the chunk with an input slice at least as long).
+/// The callers' arguments for that rest on `sde_core::Shape`'s invariants:
+/// no zero dimensions, and element counts that do not overflow.
 unsafe fn build_chunks<F>(len: usize, chunk: usize, work: usize, f: F) -> Vec<f32>
 where
     F: Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
@@ -460,10 +462,12 @@ fn group_norm_backward_impl<const SILU: bool>(
                 )
             });
     }
-    // SAFETY: the capacity is at least `x`'s length; the `n * groups` chunks
-    // of `gs` elements tile it (`gs > 0`: shapes have no zero dimensions)
-    // and `body` wrote each plane by plane, `cg` planes of `hw` zipped with
-    // planes of `x` and `dy` (or `da`) of the same length.
+    // SAFETY: the capacity is at least `x`'s length, which is exactly
+    // `n * groups * gs` (shapes have no zero dimensions and no overflowing
+    // element counts); its `n * groups` chunks of `gs` are each visited, as
+    // `partial` has as many chunks of `2 cg`, and `body` wrote each plane by
+    // plane, `cg` planes of `hw` zipped with planes of `x` and `dy` (or
+    // `da`) of the same length.
     unsafe { dx.set_len(xd.len()) };
     let mut dgamma = vec![0.0f64; c];
     let mut dbeta = vec![0.0f64; c];
