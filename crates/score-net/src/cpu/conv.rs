@@ -685,15 +685,19 @@ pub(crate) fn check_linear_dy(op: &'static str, x: &Shape, out: usize, dy: &Shap
 /// row `r` belonging to channel `r mod db.len()`; adds each channel's total
 /// (accumulated in f64) to `db`.
 fn add_row_sums(db: &mut [f32], dy: &[f32], len: usize) {
+    // Row totals in parallel, then added per channel in row order (the
+    // same sums, in the same order, for any thread count).
+    let row = |row: &[f32]| {
+        simd(
+            #[inline(always)]
+            || lane_sum(row, |v| v),
+        )
+    };
+    let totals: Vec<f64> = dy.par_chunks_exact(len).map(row).collect();
     let mut acc = vec![0.0f64; db.len()];
-    simd(
-        #[inline(always)]
-        || {
-            for (r, row) in dy.chunks_exact(len).enumerate() {
-                acc[r % db.len()] += lane_sum(row, |v| v);
-            }
-        },
-    );
+    for (r, t) in totals.into_iter().enumerate() {
+        acc[r % db.len()] += t;
+    }
     for (d, a) in db.iter_mut().zip(acc) {
         *d += a as f32;
     }

@@ -187,7 +187,6 @@ pub(crate) fn group_norm_check(
     Ok(d)
 }
 
-/// Mean and `1/sqrt(var + eps)` of `x` (two-pass, `f64`).
 /// Lanes of the vectorisable sums: independent `f64` accumulators, added
 /// together at the end (a single serial accumulator would chain every add on
 /// the previous one and cannot be vectorised).
@@ -240,12 +239,31 @@ fn split_mean(mean: f64) -> (f32, f32) {
     (hi, (mean - f64::from(hi)) as f32)
 }
 
+/// Mean and `1/sqrt(var + eps)` of `x`, in one pass over `x`: `f64` sums of
+/// `d = x - x[0]` and `d^2` (shifting by a sample of the data keeps the
+/// variance free of the cancellation that `E[x^2] - E[x]^2` suffers for a
+/// large mean; `f64` leaves 29 bits to spare over the `f32` data).
 #[inline(always)]
 fn moments(x: &[f32], eps: f32) -> (f64, f64) {
     let m = x.len().max(1) as f64;
-    let mean = lane_sum(x, |v| v) / m;
-    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / m;
-    (mean, 1.0 / (var + f64::from(eps)).sqrt())
+    let shift = f64::from(x.first().copied().unwrap_or(0.0));
+    let (mut a, mut b) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let mut it = x.chunks_exact(LANES);
+    for c in &mut it {
+        for k in 0..LANES {
+            let d = f64::from(c[k]) - shift;
+            a[k] += d;
+            b[k] += d * d;
+        }
+    }
+    for (k, &v) in it.remainder().iter().enumerate() {
+        let d = f64::from(v) - shift;
+        a[k] += d;
+        b[k] += d * d;
+    }
+    let dm = a.iter().sum::<f64>() / m;
+    let var = (b.iter().sum::<f64>() / m - dm * dm).max(0.0);
+    (shift + dm, 1.0 / (var + f64::from(eps)).sqrt())
 }
 
 /// Group normalisation of `x [N, C, H, W]`: per sample and group of `C/groups`
@@ -643,15 +661,34 @@ pub(crate) fn concat_check(a: &Shape, b: &Shape) -> Result<[usize; 5]> {
     Ok([n, ca, cb, h, w])
 }
 
+/// Copies `src` into the uninitialised `dst` (same length).
+#[inline(always)]
+fn write_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
+}
+
 /// Concatenation along channels: `a [N, Ca, H, W] ++ b [N, Cb, H, W]`.
 pub fn concat_channels(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
     let [n, ca, cb, h, w] = concat_check(a.shape(), b.shape())?;
     let (sa, sb) = (ca * h * w, cb * h * w);
-    let mut out = Vec::with_capacity(n * (sa + sb));
-    for (xa, xb) in a.data().chunks_exact(sa).zip(b.data().chunks_exact(sb)) {
-        out.extend_from_slice(xa);
-        out.extend_from_slice(xb);
-    }
+    let (ad, bd) = (a.data(), b.data());
+    // SAFETY: sample `s`'s chunk of `sa + sb` elements is split at `sa` and
+    // each part copied from a slice of its length.
+    let out = unsafe {
+        build_chunks(
+            n * (sa + sb),
+            sa + sb,
+            n * (sa + sb),
+            #[inline(always)]
+            |s, o| {
+                let (oa, ob) = o.split_at_mut(sa);
+                write_copy(oa, &ad[s * sa..(s + 1) * sa]);
+                write_copy(ob, &bd[s * sb..(s + 1) * sb]);
+            },
+        )
+    };
     tensor(out, &[n, ca + cb, h, w])
 }
 
@@ -671,13 +708,24 @@ pub fn split_channels(dy: &CpuTensor, ca: usize) -> Result<(CpuTensor, CpuTensor
     let [n, c, h, w] = split_check(dy.shape(), ca)?;
     let cb = c - ca;
     let (sa, sb) = (ca * h * w, cb * h * w);
-    let mut a = Vec::with_capacity(n * sa);
-    let mut b = Vec::with_capacity(n * sb);
-    for s in dy.data().chunks_exact(sa + sb) {
-        let (xa, xb) = s.split_at(sa);
-        a.extend_from_slice(xa);
-        b.extend_from_slice(xb);
-    }
+    let d = dy.data();
+    let part = |start: usize, len: usize| {
+        // SAFETY: sample `s`'s chunk (`len` elements) is copied from the
+        // slice of that length at `s (sa + sb) + start` in `dy`.
+        unsafe {
+            build_chunks(
+                n * len,
+                len,
+                n * len,
+                #[inline(always)]
+                |s, o| {
+                    let from = s * (sa + sb) + start;
+                    write_copy(o, &d[from..from + len]);
+                },
+            )
+        }
+    };
+    let (a, b) = (part(0, sa), part(sa, sb));
     Ok((tensor(a, &[n, ca, h, w])?, tensor(b, &[n, cb, h, w])?))
 }
 
@@ -720,11 +768,18 @@ pub fn add_channel_bias(x: &CpuTensor, v: &CpuTensor) -> Result<CpuTensor> {
 /// pixels to `[N, C]` (accumulated in `f64`).
 pub fn sum_spatial(dy: &CpuTensor) -> Result<CpuTensor> {
     let [n, c, h, w] = image_dims(dy, "sum_spatial")?;
-    let out = dy
-        .data()
-        .chunks_exact(h * w)
-        .map(|p| lane_sum(p, |v| v) as f32)
-        .collect();
+    let plane = |p: &[f32]| {
+        simd(
+            #[inline(always)]
+            || lane_sum(p, |v| v) as f32,
+        )
+    };
+    let d = dy.data();
+    let out = if d.len() >= PAR_MIN_WORK {
+        d.par_chunks_exact(h * w).map(plane).collect()
+    } else {
+        d.chunks_exact(h * w).map(plane).collect()
+    };
     tensor(out, &[n, c])
 }
 
