@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use score_net::gpu::WgpuBackend;
-use sde_core::{Backend, CpuBackend, ScoreModel};
+use sde_core::{Backend, CpuBackend, ScoreModel, ScoreVjp};
 
 /// Which backend runs the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -189,7 +189,9 @@ impl<B: Backend, M: ScoreModel<B>> ScoreModel<B> for Watched<'_, M> {
         self.tick()?;
         self.inner.score(b, x, t)
     }
+}
 
+impl<B: Backend, M: ScoreVjp<B>> ScoreVjp<B> for Watched<'_, M> {
     fn score_and_vjp(
         &self,
         b: &B,

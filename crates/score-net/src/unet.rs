@@ -13,7 +13,7 @@
 //! `1 / sigma(t)`. Both the parameter gradients (training) and the input
 //! vector-Jacobian product (likelihoods) come from one explicit backward pass.
 
-use sde_core::{Backend, Coef, NoiseKey, ScoreModel, Sde, SdeKind, Shape};
+use sde_core::{Backend, Coef, NoiseKey, ScoreModel, ScoreVjp, Sde, SdeKind, Shape};
 use serde::{Deserialize, Serialize};
 
 use crate::embed;
@@ -692,7 +692,9 @@ impl<B: NetBackend, S: Sde> ScoreModel<B> for UnetScore<B, S> {
     fn score(&self, b: &B, x: &B::Tensor, t: &[f64]) -> sde_core::Result<B::Tensor> {
         Ok(self.score_with_cache(b, x, t, None)?.0)
     }
+}
 
+impl<B: NetBackend, S: Sde> ScoreVjp<B> for UnetScore<B, S> {
     fn score_and_vjp(
         &self,
         b: &B,

@@ -18,7 +18,7 @@ mod common;
 use common::gpu::{assert_close, gpu, up};
 use common::randn;
 use score_net::{Embedding, Resample, UnetConfig, UnetScore};
-use sde_core::{Backend, CpuBackend, NoiseKey, ScoreModel, SdeConfig, SdeKind};
+use sde_core::{Backend, CpuBackend, NoiseKey, ScoreVjp, SdeConfig, SdeKind};
 
 const REL: f32 = 5e-6;
 

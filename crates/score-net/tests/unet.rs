@@ -7,7 +7,9 @@ mod common;
 
 use common::{check_grad, dot64, randn};
 use score_net::{Embedding, ParamBuilder, Resample, Unet, UnetConfig, UnetScore};
-use sde_core::{Backend, CpuBackend, CpuTensor, NoiseKey, ScoreModel, Shape, VeSde, VpSde};
+use sde_core::{
+    Backend, CpuBackend, CpuTensor, NoiseKey, ScoreModel, ScoreVjp, Shape, VeSde, VpSde,
+};
 
 fn tiny(embedding: Embedding, resample: Resample) -> UnetConfig {
     UnetConfig {

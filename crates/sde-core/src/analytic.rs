@@ -9,7 +9,7 @@
 //! All host maths is in `f64`.
 
 use crate::error::ensure_param;
-use crate::{Backend, Error, NoiseRng, Result, ScoreModel, Sde, SdeExt};
+use crate::{Backend, Error, NoiseRng, Result, ScoreModel, ScoreVjp, Sde, SdeExt};
 
 const LN_2PI: f64 = 1.837_877_066_409_345_3;
 
@@ -406,7 +406,9 @@ impl<B: Backend, S: Sde> ScoreModel<B> for AnalyticScore<S> {
         let (score, _) = self.per_sample(b, x, t, None)?;
         b.tensor(score, b.shape(x))
     }
+}
 
+impl<B: Backend, S: Sde> ScoreVjp<B> for AnalyticScore<S> {
     fn score_and_vjp(
         &self,
         b: &B,

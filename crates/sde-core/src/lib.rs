@@ -51,7 +51,7 @@ pub mod shape;
 pub use backend::{Backend, Coef};
 pub use cpu::{CpuBackend, CpuTensor};
 pub use error::{Error, Result};
-pub use model::ScoreModel;
+pub use model::{ScoreModel, ScoreVjp};
 pub use rng::{NoiseKey, NoiseRng};
 pub use sde::{
     AnySde, DiscreteSchedule, Discretization, Marginal, Sde, SdeConfig, SdeExt, SdeKind, SubVpSde,

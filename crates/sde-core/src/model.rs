@@ -1,7 +1,12 @@
 //! The [`ScoreModel`] trait: anything that estimates `grad_x log p_t(x)` for a
 //! batch of points at per-sample times. The UNet (`score-net`), the analytic
 //! distributions ([`crate::analytic`]) and the conditional wrappers (`cond`)
-//! implement it; the samplers and the likelihood (`solvers`) consume it.
+//! implement it; the samplers (`solvers`) consume it.
+//!
+//! The vector-Jacobian product of the score is a separate capability,
+//! [`ScoreVjp`]: only the exact likelihood (the divergence of the
+//! probability-flow drift) needs it, so a wrapper that cannot differentiate
+//! its score (a guided or masked model) implements [`ScoreModel`] alone.
 
 use crate::{Backend, Result};
 
@@ -9,7 +14,10 @@ use crate::{Backend, Result};
 pub trait ScoreModel<B: Backend> {
     /// The score at each sample of `x` (batch first) for its own time `t[n]`.
     fn score(&self, backend: &B, x: &B::Tensor, t: &[f64]) -> Result<B::Tensor>;
+}
 
+/// A score model that can also differentiate its score with respect to the input.
+pub trait ScoreVjp<B: Backend>: ScoreModel<B> {
     /// The score and the vector-Jacobian product `v^T (d s / d x)` at each
     /// sample (the Jacobian is block-diagonal over the batch). One call costs
     /// one forward and one backward pass; the likelihood's divergence estimator
@@ -27,7 +35,9 @@ impl<B: Backend, M: ScoreModel<B> + ?Sized> ScoreModel<B> for &M {
     fn score(&self, backend: &B, x: &B::Tensor, t: &[f64]) -> Result<B::Tensor> {
         (**self).score(backend, x, t)
     }
+}
 
+impl<B: Backend, M: ScoreVjp<B> + ?Sized> ScoreVjp<B> for &M {
     fn score_and_vjp(
         &self,
         backend: &B,

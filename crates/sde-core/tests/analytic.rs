@@ -8,7 +8,7 @@ mod common;
 
 use common::{assert_within_se, mean_var, name, reference_sdes};
 use sde_core::analytic::{AnalyticScore, DiagGaussian, GaussianMixture};
-use sde_core::{Backend, CpuBackend, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
+use sde_core::{Backend, CpuBackend, NoiseRng, ScoreModel, ScoreVjp, Sde, SdeExt, Shape};
 
 fn mixture() -> GaussianMixture {
     GaussianMixture::new(

@@ -8,7 +8,7 @@
 //! whole solve (one vector-Jacobian product per evaluation), or exactly from
 //! `D` vector-Jacobian products (affordable for small `D`).
 
-use sde_core::{Backend, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
+use sde_core::{Backend, NoiseRng, ScoreVjp, Sde, SdeExt, Shape};
 use serde::{Deserialize, Serialize};
 
 use crate::config::OdeConfig;
@@ -183,7 +183,7 @@ impl<B, S, M> OdeRhs<B> for LikelihoodRhs<'_, B, S, M>
 where
     B: Backend,
     S: Sde + ?Sized,
-    M: ScoreModel<B> + ?Sized,
+    M: ScoreVjp<B> + ?Sized,
 {
     fn eval(&mut self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<(B::Tensor, Vec<f64>)> {
         let d = b.shape(x).sample_numel() as f64;
@@ -245,7 +245,7 @@ pub fn likelihood<B, S, M>(
 where
     B: Backend,
     S: Sde + ?Sized,
-    M: ScoreModel<B> + ?Sized,
+    M: ScoreVjp<B> + ?Sized,
 {
     ensure(
         cfg.eps.is_finite() && cfg.eps > 0.0 && cfg.eps < sde.t_max(),

@@ -26,7 +26,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use sde_core::{CpuTensor, Shape};
 
-use super::ops::{lane_sum, simd};
+use super::ops::{lane_sum, simd, write_copy};
 use super::{tensor, view_slice, view_slice_mut, zeros};
 use crate::error::{ensure_shape, NetError};
 use crate::{Conv2dSpec, Result, View};
@@ -605,10 +605,7 @@ pub fn conv2d(
             // of C_out rows of P).
             for (j, yn) in yg.chunks_exact_mut(out_n).enumerate() {
                 for (co, row) in yn.chunks_exact_mut(pix).enumerate() {
-                    let src = &sc.aux[co * cols + j * pix..co * cols + (j + 1) * pix];
-                    for (d, &v) in row.iter_mut().zip(src) {
-                        d.write(v);
-                    }
+                    write_copy(row, &sc.aux[co * cols + j * pix..co * cols + (j + 1) * pix]);
                 }
             }
             Ok(())

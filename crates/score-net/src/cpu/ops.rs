@@ -663,7 +663,7 @@ pub(crate) fn concat_check(a: &Shape, b: &Shape) -> Result<[usize; 5]> {
 
 /// Copies `src` into the uninitialised `dst` (same length).
 #[inline(always)]
-fn write_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+pub(crate) fn write_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     for (d, &v) in dst.iter_mut().zip(src) {
         d.write(v);
     }
