@@ -1,15 +1,22 @@
-//! Checkpoints of the UNet as `safetensors` files: one tensor per named
-//! parameter (so other tools can read them), optional companion buffers with
-//! the same layout under a prefix (`ema/...`, `adam.m/...`, `adam.v/...`), and
-//! metadata holding the format tag, the `UnetConfig` (JSON), the image size,
-//! the seed of the fixed Fourier frequencies, the storage dtype and any extra
-//! entries of the caller (the trainer stores the SDE, step, RNG state there).
+//! Checkpoints as `safetensors` files, in two layers.
+//!
+//! The container ([`save_container`] / [`load_container`]) knows no network:
+//! a format tag, the network's own metadata entries, named flat buffers laid
+//! out by a list of named [`View`]s (one tensor per view, so other tools can
+//! read them; the buffer `"params"` under the plain names, companions such as
+//! `ema`, `adam.m`, `adam.v` under `"<buffer>/<name>"`), the storage dtype,
+//! and the caller's extra entries (stored as `extra.<key>`).
+//!
+//! The typed layer ([`save`] / [`load`]) stores any [`Network`]: its
+//! [`Network::FORMAT`] tag, its configuration as JSON, the image size and the
+//! seed; loading refuses another network's file by name (or another format
+//! version of the same network), rebuilds the network from the stored
+//! configuration and checks every tensor's name, dtype and shape against it.
 //!
 //! Files are written atomically (temporary file, fsync, rename), so an
 //! interrupted write never leaves a broken checkpoint under the final name.
-//! Loading rebuilds the network from the stored configuration and checks
-//! every tensor's name, dtype and shape; anything missing, extra, truncated or
-//! mismatched is a [`NetError::Checkpoint`] naming what is wrong.
+//! Anything missing, extra, truncated or mismatched is a
+//! [`NetError::Checkpoint`] naming what is wrong.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,12 +27,12 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NetError;
+use crate::network::Network;
 use crate::params::flat_len;
-use crate::unet::{Unet, UnetConfig};
 use crate::{ParamBuilder, Result, View};
 
-/// The format tag stored in every checkpoint.
-pub const FORMAT: &str = "score-sde-rs/unet/1";
+/// Metadata keys the container itself writes (a network's entries may not use them).
+const RESERVED: [&str; 3] = ["format", "dtype", "buffers"];
 
 /// How parameters are stored on disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,25 +45,61 @@ pub enum StorageDtype {
     F16,
 }
 
-/// The contents of a checkpoint file.
+impl StorageDtype {
+    fn safetensors(self) -> Dtype {
+        match self {
+            StorageDtype::F32 => Dtype::F32,
+            StorageDtype::F16 => Dtype::F16,
+        }
+    }
+}
+
+/// A checkpoint file read back without knowing its network.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Checkpoint {
-    /// The network configuration.
-    pub config: UnetConfig,
-    /// The image height the network was built for.
-    pub image_size: usize,
-    /// The seed of the network's fixed Fourier frequencies.
-    pub seed: u64,
+pub struct Container {
+    /// The format tag.
+    pub format: String,
+    /// The network's metadata entries (the container's own and the extra
+    /// entries removed).
+    pub meta: HashMap<String, String>,
     /// How the file stored the values.
     pub dtype: StorageDtype,
-    /// Flat buffers in the parameter layout: `"params"` always, plus any
-    /// companions (`"ema"`, `"adam.m"`, ...), in file order of their names.
+    /// Flat buffers in the layout: `"params"` first, then any companions, in
+    /// the order they were written.
     pub buffers: Vec<(String, Vec<f32>)>,
     /// The caller's extra metadata.
     pub extra: HashMap<String, String>,
 }
 
-impl Checkpoint {
+impl Container {
+    /// The flat buffer named `name`.
+    pub fn buffer(&self, name: &str) -> Option<&[f32]> {
+        self.buffers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// The contents of a checkpoint of the network `N`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint<N: Network> {
+    /// The network configuration.
+    pub config: N::Config,
+    /// The image height the network was built for.
+    pub image_size: usize,
+    /// The seed of the initialisation and of any fixed random features.
+    pub seed: u64,
+    /// How the file stored the values.
+    pub dtype: StorageDtype,
+    /// Flat buffers in the parameter layout: `"params"` always, plus any
+    /// companions (`"ema"`, `"adam.m"`, ...), in the order they were written.
+    pub buffers: Vec<(String, Vec<f32>)>,
+    /// The caller's extra metadata.
+    pub extra: HashMap<String, String>,
+}
+
+impl<N: Network> Checkpoint<N> {
     /// The flat buffer named `name`.
     pub fn buffer(&self, name: &str) -> Option<&[f32]> {
         self.buffers
@@ -65,19 +108,25 @@ impl Checkpoint {
             .map(|(_, v)| v.as_slice())
     }
 
-    /// Rebuilds the network the checkpoint was written from.
-    pub fn build_net(&self) -> Result<(Unet, Vec<(String, View)>)> {
-        let mut pb = ParamBuilder::new();
-        let net = Unet::new(&self.config, self.image_size, &mut pb, self.seed)?;
-        let layout = layout_of(&pb);
-        Ok((net, layout))
+    /// Rebuilds the network the checkpoint was written from, with its layout.
+    pub fn build_net(&self) -> Result<(N, Vec<(String, View)>)> {
+        build_with_layout::<N>(&self.config, self.image_size, self.seed)
     }
 }
 
-fn layout_of(pb: &ParamBuilder) -> Vec<(String, View)> {
-    pb.views()
+/// Builds `N` and returns it with its named parameter views.
+pub fn build_with_layout<N: Network>(
+    cfg: &N::Config,
+    image_size: usize,
+    seed: u64,
+) -> Result<(N, Vec<(String, View)>)> {
+    let mut pb = ParamBuilder::new();
+    let net = N::build(cfg, image_size, &mut pb, seed)?;
+    let layout = pb
+        .views()
         .map(|(n, v)| (n.to_string(), v.clone()))
-        .collect()
+        .collect();
+    Ok((net, layout))
 }
 
 fn tensor_name(buffer: &str, param: &str) -> String {
@@ -95,11 +144,13 @@ fn bad(path: &Path, reason: impl Into<String>) -> NetError {
     }
 }
 
-/// Writes `buffers` (each laid out like the network's parameters; the first
-/// must be named `"params"`) with `extra` metadata to `path`, atomically.
-pub fn save(
+/// Writes a container: `buffers` (each laid out by `layout`; the first must
+/// be named `"params"`), the format tag, the network's `meta` entries and the
+/// caller's `extra` entries, atomically.
+pub fn save_container(
     path: &Path,
-    net: &Unet,
+    format: &str,
+    meta: &HashMap<String, String>,
     layout: &[(String, View)],
     buffers: &[(&str, &[f32])],
     dtype: StorageDtype,
@@ -108,10 +159,16 @@ pub fn save(
     if buffers.first().map(|(n, _)| *n) != Some("params") {
         return Err(bad(path, "the first buffer must be \"params\""));
     }
+    if let Some(k) = meta
+        .keys()
+        .find(|k| RESERVED.contains(&k.as_str()) || k.starts_with("extra."))
+    {
+        return Err(bad(path, format!("metadata key {k:?} is reserved")));
+    }
     let total = flat_len(layout.iter().map(|(_, v)| v));
     let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, data) in buffers {
-        if name.contains('/') || name.is_empty() {
+        if name.contains('/') || name.contains(',') || name.is_empty() {
             return Err(bad(path, format!("invalid buffer name {name:?}")));
         }
         if data.len() != total {
@@ -135,29 +192,22 @@ pub fn save(
             bytes.push((tensor_name(name, pname), view.shape.clone(), raw));
         }
     }
-    let st_dtype = match dtype {
-        StorageDtype::F32 => Dtype::F32,
-        StorageDtype::F16 => Dtype::F16,
-    };
     let mut views = Vec::with_capacity(bytes.len());
     for (n, shape, raw) in &bytes {
-        let v =
-            TensorView::new(st_dtype, shape.clone(), raw).map_err(|e| bad(path, e.to_string()))?;
+        let v = TensorView::new(dtype.safetensors(), shape.clone(), raw)
+            .map_err(|e| bad(path, e.to_string()))?;
         views.push((n.clone(), v));
     }
-    let config = serde_json::to_string(net.config()).map_err(|e| bad(path, e.to_string()))?;
-    let mut meta: HashMap<String, String> = extra
+    let mut all: HashMap<String, String> = extra
         .iter()
         .map(|(k, v)| (format!("extra.{k}"), v.clone()))
         .collect();
-    meta.insert("format".into(), FORMAT.into());
-    meta.insert("config".into(), config);
-    meta.insert("image_size".into(), net.image_size().to_string());
-    meta.insert("seed".into(), net.seed().to_string());
-    meta.insert("dtype".into(), format!("{dtype:?}"));
+    all.extend(meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all.insert("format".into(), format.into());
+    all.insert("dtype".into(), format!("{dtype:?}"));
     let buffer_names: Vec<&str> = buffers.iter().map(|(n, _)| *n).collect();
-    meta.insert("buffers".into(), buffer_names.join(","));
-    let out = safetensors::serialize(views, Some(meta)).map_err(|e| bad(path, e.to_string()))?;
+    all.insert("buffers".into(), buffer_names.join(","));
+    let out = safetensors::serialize(views, Some(all)).map_err(|e| bad(path, e.to_string()))?;
     write_atomic(path, &out)
 }
 
@@ -178,50 +228,69 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Reads and validates a checkpoint.
-pub fn load(path: &Path) -> Result<Checkpoint> {
+/// Reads the file and its header metadata.
+fn read_file(path: &Path) -> Result<(Vec<u8>, HashMap<String, String>)> {
     let raw = std::fs::read(path).map_err(|source| NetError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    let st = SafeTensors::deserialize(&raw)
+    SafeTensors::deserialize(&raw)
         .map_err(|e| bad(path, format!("not a valid safetensors file ({e})")))?;
     let (_, meta) = SafeTensors::read_metadata(&raw).map_err(|e| bad(path, e.to_string()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
-    let get = |k: &str| {
-        meta.get(k)
-            .ok_or_else(|| bad(path, format!("metadata has no {k:?}")))
+    Ok((raw, meta))
+}
+
+/// The format tag of the checkpoint at `path` (to tell which network it holds).
+pub fn peek_format(path: &Path) -> Result<String> {
+    let (_, meta) = read_file(path)?;
+    meta.get("format").cloned().ok_or_else(|| {
+        bad(
+            path,
+            "metadata has no \"format\": not a checkpoint of this project",
+        )
+    })
+}
+
+/// Reads and validates a container. `layout_for` receives the format tag and
+/// the network's metadata entries and returns the parameter layout the
+/// buffers must follow (or an error, e.g. for a format it does not read).
+pub fn load_container(
+    path: &Path,
+    layout_for: impl FnOnce(&str, &HashMap<String, String>) -> Result<Vec<(String, View)>>,
+) -> Result<Container> {
+    let (raw, mut meta) = read_file(path)?;
+    let st = SafeTensors::deserialize(&raw)
+        .map_err(|e| bad(path, format!("not a valid safetensors file ({e})")))?;
+    let mut take = |k: &str| {
+        meta.remove(k).ok_or_else(|| {
+            bad(
+                path,
+                format!("metadata has no {k:?}: not a checkpoint of this project"),
+            )
+        })
     };
-    let format = get("format")?;
-    if format != FORMAT {
-        return Err(bad(path, format!("format {format:?}, expected {FORMAT:?}")));
-    }
-    let config: UnetConfig =
-        serde_json::from_str(get("config")?).map_err(|e| bad(path, format!("config: {e}")))?;
-    let image_size: usize = get("image_size")?
-        .parse()
-        .map_err(|_| bad(path, "image_size is not a number"))?;
-    let seed: u64 = get("seed")?
-        .parse()
-        .map_err(|_| bad(path, "seed is not a number"))?;
-    let dtype = match get("dtype")?.as_str() {
+    let format = take("format")?;
+    let dtype = match take("dtype")?.as_str() {
         "F32" => StorageDtype::F32,
         "F16" => StorageDtype::F16,
         other => return Err(bad(path, format!("unknown dtype {other:?}"))),
     };
-    let names: Vec<String> = get("buffers")?.split(',').map(str::to_string).collect();
-    let mut pb = ParamBuilder::new();
-    Unet::new(&config, image_size, &mut pb, seed)
-        .map_err(|e| bad(path, format!("stored configuration is invalid: {e}")))?;
-    let layout = layout_of(&pb);
+    let names: Vec<String> = take("buffers")?.split(',').map(str::to_string).collect();
+    let extra: HashMap<String, String> = meta
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("extra.").map(|k| (k.to_string(), v.clone())))
+        .collect();
+    meta.retain(|k, _| !k.starts_with("extra."));
+    let layout = layout_for(&format, &meta)?;
     let total = flat_len(layout.iter().map(|(_, v)| v));
-    let expected_dtype = match dtype {
-        StorageDtype::F32 => Dtype::F32,
-        StorageDtype::F16 => Dtype::F16,
-    };
+    let expected_dtype = dtype.safetensors();
     let mut buffers = Vec::with_capacity(names.len());
     for bname in &names {
-        let mut flat = vec![0.0f32; total];
+        // Every tensor is checked before the buffer is allocated, so a header
+        // describing a huge network cannot make us allocate more than the
+        // file holds.
+        let mut tensors = Vec::with_capacity(layout.len());
         for (pname, view) in &layout {
             let tname = tensor_name(bname, pname);
             let t = st
@@ -246,6 +315,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
                     ),
                 ));
             }
+            tensors.push((view, t));
+        }
+        let mut flat = vec![0.0f32; total];
+        for (view, t) in tensors {
             let dst = &mut flat[view.range()];
             match dtype {
                 StorageDtype::F32 => {
@@ -275,16 +348,123 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     if buffers.first().map(|(n, _)| n.as_str()) != Some("params") {
         return Err(bad(path, "no \"params\" buffer"));
     }
-    let extra = meta
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix("extra.").map(|k| (k.to_string(), v.clone())))
-        .collect();
-    Ok(Checkpoint {
-        config,
-        image_size,
-        seed,
+    Ok(Container {
+        format,
+        meta,
         dtype,
         buffers,
         extra,
     })
+}
+
+/// Splits `"<family>/<version>"` at the last `/`.
+fn family_and_version(tag: &str) -> (&str, &str) {
+    tag.rsplit_once('/').unwrap_or((tag, ""))
+}
+
+/// Why a file with format `found` cannot be read as `N`.
+fn format_mismatch<N: Network>(found: &str) -> String {
+    let (want_family, want_version) = family_and_version(N::FORMAT);
+    let (family, version) = family_and_version(found);
+    if family == want_family {
+        format!(
+            "format {found:?} is version {version} of the {}; this build reads version {want_version}",
+            N::DESCRIPTION
+        )
+    } else {
+        format!(
+            "format {found:?}: not a {} checkpoint (expected {:?})",
+            N::DESCRIPTION,
+            N::FORMAT
+        )
+    }
+}
+
+/// Writes `buffers` (each laid out like the network's parameters; the first
+/// must be named `"params"`) with the network's description and `extra`
+/// metadata to `path`, atomically.
+pub fn save<N: Network>(
+    path: &Path,
+    net: &N,
+    layout: &[(String, View)],
+    buffers: &[(&str, &[f32])],
+    dtype: StorageDtype,
+    extra: &HashMap<String, String>,
+) -> Result<()> {
+    let config = serde_json::to_string(net.config()).map_err(|e| bad(path, e.to_string()))?;
+    let meta = HashMap::from([
+        ("config".to_string(), config),
+        ("image_size".to_string(), net.image_size().to_string()),
+        ("seed".to_string(), net.seed().to_string()),
+    ]);
+    save_container(path, N::FORMAT, &meta, layout, buffers, dtype, extra)
+}
+
+/// Reads and validates a checkpoint of the network `N`.
+pub fn load<N: Network>(path: &Path) -> Result<Checkpoint<N>> {
+    let mut desc = None;
+    let container = load_container(path, |format, meta| {
+        if format != N::FORMAT {
+            return Err(bad(path, format_mismatch::<N>(format)));
+        }
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| bad(path, format!("metadata has no {k:?}")))
+        };
+        let config: N::Config =
+            serde_json::from_str(get("config")?).map_err(|e| bad(path, format!("config: {e}")))?;
+        let image_size: usize = get("image_size")?
+            .parse()
+            .map_err(|_| bad(path, "image_size is not a number"))?;
+        let seed: u64 = get("seed")?
+            .parse()
+            .map_err(|_| bad(path, "seed is not a number"))?;
+        let (_, layout) = build_with_layout::<N>(&config, image_size, seed)
+            .map_err(|e| bad(path, format!("stored configuration is invalid: {e}")))?;
+        desc = Some((config, image_size, seed));
+        Ok(layout)
+    })?;
+    let (config, image_size, seed) =
+        desc.ok_or_else(|| bad(path, "internal: no network description"))?;
+    Ok(Checkpoint {
+        config,
+        image_size,
+        seed,
+        dtype: container.dtype,
+        buffers: container.buffers,
+        extra: container.extra,
+    })
+}
+
+/// The `"params"` buffer of `ck`, after checking that the file was written
+/// for exactly `net` (configuration, image size and seed).
+pub fn matching_params<'a, N: Network>(
+    path: &Path,
+    ck: &'a Checkpoint<N>,
+    net: &N,
+) -> Result<&'a [f32]> {
+    if &ck.config != net.config() {
+        return Err(bad(
+            path,
+            format!(
+                "network configuration differs: file {:?}, model {:?}",
+                ck.config,
+                net.config()
+            ),
+        ));
+    }
+    if ck.image_size != net.image_size() || ck.seed != net.seed() {
+        return Err(bad(
+            path,
+            format!(
+                "file is for image size {} / seed {}, model for {} / {}",
+                ck.image_size,
+                ck.seed,
+                net.image_size(),
+                net.seed()
+            ),
+        ));
+    }
+    ck.buffer("params")
+        .ok_or_else(|| bad(path, "no \"params\" buffer"))
 }

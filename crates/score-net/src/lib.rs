@@ -11,7 +11,10 @@
 //! - [`layers`] and [`unet`]: the DDPM++-family UNet with explicit backward,
 //!   and [`UnetScore`], which implements `sde_core::ScoreModel`.
 //!
-//! - [`checkpoint`]: `safetensors` checkpoints with the configuration embedded.
+//! - [`network`]: the [`Network`] trait every trainable network implements
+//!   (stored description, cached forward, explicit backward);
+//! - [`checkpoint`]: `safetensors` checkpoints of any [`Network`], with the
+//!   configuration embedded, over a model-agnostic container.
 //!
 //! - [`gpu`]: the wgpu backend ([`gpu::WgpuBackend`], WGSL kernels from
 //!   `shaders/`); so far it implements `sde_core::Backend`, the `NetBackend`
@@ -24,10 +27,12 @@ pub mod error;
 pub mod gpu;
 pub mod layers;
 pub mod net_backend;
+pub mod network;
 pub mod params;
 pub mod unet;
 
 pub use error::{GpuError, NetError, Result};
 pub use net_backend::{AdamStep, Conv2dSpec, NetBackend, View};
+pub use network::Network;
 pub use params::{Init, ParamBuilder, ParamStore, PARAM_ALIGN};
 pub use unet::{Embedding, Resample, Unet, UnetConfig, UnetScore};

@@ -214,6 +214,30 @@ impl<B: Backend> ParamStore<B> {
         Ok(())
     }
 
+    /// Replaces the parameters by host values in the store's flat layout.
+    pub fn set_params_from_host(&mut self, b: &B, values: &[f32]) -> Result<()> {
+        let shape = b.shape(&self.params).clone();
+        if values.len() != shape.numel() {
+            return Err(NetError::View {
+                name: "params".into(),
+                reason: format!(
+                    "{} values for a flat buffer of {}",
+                    values.len(),
+                    shape.numel()
+                ),
+            });
+        }
+        let params = b.tensor(values.to_vec(), &shape)?;
+        self.set_params(b, params)
+    }
+
+    /// The named views as owned pairs (what checkpoints store).
+    pub fn layout(&self) -> Vec<(String, View)> {
+        self.views()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect()
+    }
+
     /// Sets every gradient to zero.
     pub fn zero_grads(&mut self, b: &B) -> Result<()> {
         self.grads = b.scale(&self.grads, Coef::Scalar(0.0))?;

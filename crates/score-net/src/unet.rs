@@ -16,11 +16,16 @@
 use sde_core::{Backend, Coef, NoiseKey, ScoreModel, ScoreVjp, Sde, SdeKind, Shape};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{self, Checkpoint, StorageDtype};
 use crate::embed;
 use crate::error::NetError;
 use crate::layers::{AttnBlock, AttnCache, Conv, GroupNorm, Linear, ResBlock, ResBlockCache};
+use crate::network::Network;
 use crate::params::{ParamBuilder, ParamStore};
 use crate::{NetBackend, Result};
+
+/// The format tag of UNet checkpoints (see [`crate::checkpoint`]).
+pub const FORMAT: &str = "score-sde-rs/unet/1";
 
 /// How time is embedded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -709,25 +714,70 @@ impl<B: NetBackend, S: Sde> ScoreVjp<B> for UnetScore<B, S> {
     }
 }
 
+impl Network for Unet {
+    type Config = UnetConfig;
+    type Cache<T: Clone + std::fmt::Debug> = UnetCache<T>;
+    const FORMAT: &'static str = FORMAT;
+    const DESCRIPTION: &'static str = "score UNet";
+
+    fn build(
+        cfg: &UnetConfig,
+        image_size: usize,
+        pb: &mut ParamBuilder,
+        seed: u64,
+    ) -> Result<Self> {
+        Unet::new(cfg, image_size, pb, seed)
+    }
+
+    fn config(&self) -> &UnetConfig {
+        &self.cfg
+    }
+
+    fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    fn forward<B: NetBackend>(
+        &self,
+        b: &B,
+        params: &B::Tensor,
+        x: &B::Tensor,
+        time_input: &[f64],
+        dropout_key: Option<NoiseKey>,
+    ) -> Result<(B::Tensor, UnetCache<B::Tensor>)> {
+        Unet::forward(self, b, params, x, time_input, dropout_key)
+    }
+
+    fn backward<B: NetBackend>(
+        &self,
+        b: &B,
+        params: &B::Tensor,
+        cache: &UnetCache<B::Tensor>,
+        dy: &B::Tensor,
+        grads: &mut B::Tensor,
+    ) -> Result<B::Tensor> {
+        Unet::backward(self, b, params, cache, dy, grads)
+    }
+}
+
 impl<B: NetBackend, S: Sde> UnetScore<B, S> {
     /// Writes the parameters (and the configuration) to a `safetensors` checkpoint.
     pub fn save(
         &self,
         b: &B,
         path: &std::path::Path,
-        dtype: crate::checkpoint::StorageDtype,
+        dtype: StorageDtype,
         extra: &std::collections::HashMap<String, String>,
     ) -> Result<()> {
         let params = b.to_vec(self.store.params())?;
-        let layout: Vec<(String, crate::View)> = self
-            .store
-            .views()
-            .map(|(n, v)| (n.to_string(), v.clone()))
-            .collect();
-        crate::checkpoint::save(
+        checkpoint::save(
             path,
             &self.net,
-            &layout,
+            &self.store.layout(),
             &[("params", &params)],
             dtype,
             extra,
@@ -735,47 +785,21 @@ impl<B: NetBackend, S: Sde> UnetScore<B, S> {
     }
 
     /// A model rebuilt from a checkpoint's configuration and parameters.
-    pub fn from_checkpoint(b: &B, ck: &crate::checkpoint::Checkpoint, sde: S) -> Result<Self> {
-        let mut pb = ParamBuilder::new();
-        let net = Unet::new(&ck.config, ck.image_size, &mut pb, ck.seed)?;
-        let mut store = pb.build(b, ck.seed)?;
+    pub fn from_checkpoint(b: &B, ck: &Checkpoint<Unet>, sde: S) -> Result<Self> {
         let params = ck.buffer("params").ok_or_else(|| NetError::Checkpoint {
             path: String::new(),
             reason: "no \"params\" buffer".into(),
         })?;
-        let shape = b.shape(store.params()).clone();
-        store.set_params(b, b.tensor(params.to_vec(), &shape)?)?;
-        Ok(UnetScore { net, store, sde })
+        let mut model = UnetScore::new(b, &ck.config, ck.image_size, sde, ck.seed)?;
+        model.store.set_params_from_host(b, params)?;
+        Ok(model)
     }
 
     /// Loads parameters from `path` into this model; the file's network
     /// configuration, image size and seed must equal this model's.
     pub fn load_params(&mut self, b: &B, path: &std::path::Path) -> Result<()> {
-        let ck = crate::checkpoint::load(path)?;
-        let mismatch = |what: String| NetError::Checkpoint {
-            path: path.display().to_string(),
-            reason: what,
-        };
-        if &ck.config != self.net.config() {
-            return Err(mismatch(format!(
-                "network configuration differs: file {:?}, model {:?}",
-                ck.config,
-                self.net.config()
-            )));
-        }
-        if ck.image_size != self.net.image_size() || ck.seed != self.net.seed() {
-            return Err(mismatch(format!(
-                "file is for image size {} / seed {}, model for {} / {}",
-                ck.image_size,
-                ck.seed,
-                self.net.image_size(),
-                self.net.seed()
-            )));
-        }
-        let params = ck
-            .buffer("params")
-            .ok_or_else(|| mismatch("no \"params\" buffer".into()))?;
-        let shape = b.shape(self.store.params()).clone();
-        self.store.set_params(b, b.tensor(params.to_vec(), &shape)?)
+        let ck = checkpoint::load::<Unet>(path)?;
+        let params = checkpoint::matching_params(path, &ck, &self.net)?;
+        self.store.set_params_from_host(b, params)
     }
 }

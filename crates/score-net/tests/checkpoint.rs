@@ -50,7 +50,7 @@ fn f32_round_trip_is_bit_exact_and_keeps_metadata() {
         !path.with_extension("safetensors.tmp").exists(),
         "temporary file left behind"
     );
-    let ck = checkpoint::load(&path).unwrap();
+    let ck = checkpoint::load::<Unet>(&path).unwrap();
     assert_eq!(ck.config, cfg());
     assert_eq!(
         (ck.image_size, ck.seed, ck.dtype),
@@ -106,9 +106,9 @@ fn f16_storage_and_companion_buffers() {
         &HashMap::new(),
     )
     .unwrap();
-    let full = checkpoint::load(&p32).unwrap();
+    let full = checkpoint::load::<Unet>(&p32).unwrap();
     assert_eq!(full.buffer("ema").unwrap(), ema.as_slice());
-    let half = checkpoint::load(&p16).unwrap();
+    let half = checkpoint::load::<Unet>(&p16).unwrap();
     assert_eq!(half.dtype, StorageDtype::F16);
     for (a, b) in half.buffer("params").unwrap().iter().zip(&p) {
         assert!((a - b).abs() <= 1e-3 * b.abs().max(6e-5), "{a} vs {b}");
@@ -132,7 +132,7 @@ fn bad_files_are_typed_errors() {
     let bytes = std::fs::read(&path).unwrap();
     // Missing file.
     assert!(matches!(
-        checkpoint::load(&tmp("nope.safetensors")),
+        checkpoint::load::<Unet>(&tmp("nope.safetensors")),
         Err(NetError::Io { .. })
     ));
     // Truncated at several points, and garbage.
@@ -140,14 +140,17 @@ fn bad_files_are_typed_errors() {
         let p = tmp("cut.safetensors");
         std::fs::write(&p, &bytes[..cut]).unwrap();
         assert!(
-            matches!(checkpoint::load(&p), Err(NetError::Checkpoint { .. })),
+            matches!(
+                checkpoint::load::<Unet>(&p),
+                Err(NetError::Checkpoint { .. })
+            ),
             "cut at {cut}"
         );
     }
     let p = tmp("garbage.safetensors");
     std::fs::write(&p, b"definitely not a checkpoint").unwrap();
     assert!(matches!(
-        checkpoint::load(&p),
+        checkpoint::load::<Unet>(&p),
         Err(NetError::Checkpoint { .. })
     ));
     // A model with another configuration refuses the file, naming the reason.
@@ -207,7 +210,7 @@ fn bad_files_are_typed_errors() {
         .expect("config in header");
     raw[at..at + to.len()].copy_from_slice(to);
     std::fs::write(&p, &raw).unwrap();
-    match checkpoint::load(&p) {
+    match checkpoint::load::<Unet>(&p) {
         Err(NetError::Checkpoint { reason, .. }) => assert!(
             reason.contains("shape") || reason.contains("missing"),
             "{reason}"
@@ -215,4 +218,122 @@ fn bad_files_are_typed_errors() {
         r => panic!("expected a shape mismatch, got {r:?}"),
     }
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// The tiny network of `tests/data/unet-v1-f16.safetensors`.
+fn v1_config() -> UnetConfig {
+    UnetConfig {
+        base_channels: 4,
+        channel_mult: vec![1, 2],
+        num_res_blocks: 1,
+        attn_resolutions: vec![2],
+        ..UnetConfig::default()
+    }
+}
+
+/// `tests/data/unet-v1-f16.safetensors` was written by the checkpoint code
+/// before the container refactor (commit bfc00db): the v1 UNet format, f16
+/// storage, params + an `ema` buffer (`0.5 p + 0.25`), one extra entry. It
+/// must keep loading, value for value.
+#[test]
+fn files_written_before_the_container_refactor_still_load() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/unet-v1-f16.safetensors");
+    assert_eq!(
+        checkpoint::peek_format(&path).unwrap(),
+        score_net::unet::FORMAT
+    );
+    let ck = checkpoint::load::<Unet>(&path).unwrap();
+    assert_eq!(ck.config, v1_config());
+    assert_eq!(
+        (ck.image_size, ck.seed, ck.dtype),
+        (4, 11, StorageDtype::F16)
+    );
+    assert_eq!(
+        ck.extra.get("note").map(String::as_str),
+        Some("written by bfc00db")
+    );
+    let mut pb = ParamBuilder::new();
+    Unet::new(&v1_config(), 4, &mut pb, 11).unwrap();
+    let p = pb.build(&CpuBackend, 11).unwrap().params().data().to_vec();
+    let f16 = |v: f32| half::f16::from_f32(v).to_f32();
+    let want: Vec<f32> = p.iter().map(|&v| f16(v)).collect();
+    assert_eq!(ck.buffer("params").unwrap(), want.as_slice());
+    let want_ema: Vec<f32> = p.iter().map(|&v| f16(v * 0.5 + 0.25)).collect();
+    assert_eq!(ck.buffer("ema").unwrap(), want_ema.as_slice());
+    // And the model built from it scores like a model holding those values.
+    let b = CpuBackend;
+    let sde = VpSde::new(0.1, 20.0, 1000).unwrap();
+    let back = UnetScore::from_checkpoint(&b, &ck, sde.clone()).unwrap();
+    let mut same = UnetScore::new(&b, &v1_config(), 4, sde, 11).unwrap();
+    same.store.set_params_from_host(&b, &want).unwrap();
+    let x = common::randn(&[2, 1, 4, 4], 2, 1.0);
+    assert_eq!(
+        back.score(&b, &x, &[0.2, 0.9]).unwrap().data(),
+        same.score(&b, &x, &[0.2, 0.9]).unwrap().data()
+    );
+}
+
+/// A file of another network, or of another version of the UNet format, is
+/// refused with a message naming what it is.
+#[test]
+fn other_formats_are_refused_by_name() {
+    let m = model();
+    let layout = m.store.layout();
+    let p = m.store.params().data().to_vec();
+    let meta = HashMap::from([
+        ("config".to_string(), serde_json::to_string(&cfg()).unwrap()),
+        ("image_size".to_string(), "8".to_string()),
+        ("seed".to_string(), "5".to_string()),
+    ]);
+    for (format, expect) in [
+        ("score-sde-rs/unet/2", "version 2 of the score UNet"),
+        ("score-sde-rs/classifier/1", "not a score UNet checkpoint"),
+    ] {
+        let path = tmp(&format!("{}.safetensors", format.replace('/', "_")));
+        checkpoint::save_container(
+            &path,
+            format,
+            &meta,
+            &layout,
+            &[("params", &p)],
+            StorageDtype::F32,
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert_eq!(checkpoint::peek_format(&path).unwrap(), format);
+        match checkpoint::load::<Unet>(&path) {
+            Err(NetError::Checkpoint { reason, .. }) => {
+                assert!(reason.contains(expect), "{format}: {reason}")
+            }
+            r => panic!("{format}: expected a format error, got {r:?}"),
+        }
+        // The container itself reads any format, with the network's entries.
+        let c = checkpoint::load_container(&path, |f, meta| {
+            assert_eq!(
+                (f, meta.get("seed").map(String::as_str)),
+                (format, Some("5"))
+            );
+            Ok(layout.clone())
+        })
+        .unwrap();
+        assert_eq!(
+            (c.format.as_str(), c.buffer("params")),
+            (format, Some(p.as_slice()))
+        );
+        assert!(!c.meta.contains_key("format") && !c.meta.contains_key("buffers"));
+    }
+    // The container's own keys cannot be overwritten by a network's entries.
+    let reserved = HashMap::from([("dtype".to_string(), "F64".to_string())]);
+    assert!(checkpoint::save_container(
+        &tmp("reserved.safetensors"),
+        "x/y/1",
+        &reserved,
+        &layout,
+        &[("params", &p)],
+        StorageDtype::F32,
+        &HashMap::new(),
+    )
+    .is_err());
+    let _ = std::fs::remove_dir_all(tmp("x").parent().unwrap());
 }

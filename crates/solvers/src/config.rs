@@ -178,7 +178,7 @@ impl Default for SamplerConfig {
 }
 
 /// Resolves and checks an end time `eps` for `sde`: `0 < eps < T`.
-pub(crate) fn resolve_eps<S: Sde + ?Sized>(sde: &S, eps: Option<f64>) -> Result<f64> {
+pub fn resolve_eps<S: Sde + ?Sized>(sde: &S, eps: Option<f64>) -> Result<f64> {
     let eps = eps.unwrap_or_else(|| sde.default_sampling_eps());
     ensure(
         eps.is_finite() && eps > 0.0 && eps < sde.t_max(),

@@ -7,14 +7,19 @@
 //!   reductions) and the discrete SMLD and DDPM losses;
 //! - [`optim`]: Adam with warm-up and global-norm clipping, and the EMA of
 //!   the weights;
-//! - [`trainer`]: the loop with logging, periodic atomic checkpoints,
-//!   interruption, non-finite detection and bit-exact resume.
+//! - [`task`]: what a run trains ([`Task`]: network, model, objective);
+//!   [`ScoreTask`] is the score UNet by denoising score matching;
+//! - [`trainer`]: the loop, generic over the task, with logging, periodic
+//!   atomic checkpoints, interruption, non-finite detection and bit-exact
+//!   resume; [`run_checkpoint`]: reading its checkpoints back.
 
 pub mod data;
 pub mod error;
 pub mod images;
 pub mod loss;
 pub mod optim;
+pub mod run_checkpoint;
+pub mod task;
 pub mod trainer;
 
 pub use data::{
@@ -23,7 +28,9 @@ pub use data::{
 pub use error::{Result, TrainError};
 pub use loss::{LossConfig, LossKind};
 pub use optim::{Adam, Ema, OptimConfig};
+pub use run_checkpoint::{RunCheckpoint, TrainingCheckpoint, Weights};
+pub use task::{Batch, ScoreTask, Task, TrainModel};
 pub use trainer::{
-    BatchSource, LogEntry, RunSummary, StepReport, TrainConfig, TrainObserver, TrainSet,
-    TrainState, Trainer, TrainingCheckpoint, TrainingConfig, Weights,
+    BatchSource, LogEntry, RunConfig, RunSummary, StepReport, TrainConfig, TrainLoop,
+    TrainObserver, TrainSet, TrainState, Trainer, TrainingConfig,
 };

@@ -1,6 +1,7 @@
-//! The training loop: batches from a [`BatchSource`], the objective of
-//! [`crate::loss`], Adam with warm-up and clipping, EMA, logging, periodic
-//! atomic checkpoints, interruption and exact resume.
+//! The training loop, written once for every [`Task`]: batches from a
+//! [`BatchSource`], the task's objective, Adam with warm-up and clipping,
+//! EMA, logging, periodic atomic checkpoints, interruption and exact resume.
+//! [`Trainer`] trains the score UNet ([`ScoreTask`]).
 //!
 //! Exact resume: everything random is drawn from one [`NoiseRng`] (whose
 //! state is two integers) and from per-epoch permutations that are a pure
@@ -15,14 +16,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use score_net::checkpoint::{self, StorageDtype};
-use score_net::{NetBackend, UnetConfig, UnetScore};
+use score_net::{NetBackend, Network};
 use sde_core::{AnySde, NoiseKey, NoiseRng, SdeConfig, Shape};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, ImageSet, Transform};
 use crate::error::{ensure_config, Result, TrainError};
-use crate::loss::{self, LossConfig, LossValue};
 use crate::optim::{Adam, Ema, OptimConfig};
+use crate::run_checkpoint::{to_json, RunCheckpoint};
+use crate::task::{Batch, ScoreTask, Task, TrainModel};
 
 /// File name of the latest checkpoint inside a run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -42,6 +44,10 @@ pub trait BatchSource {
     /// The images at `indices` (NCHW, in the model's data range), with any
     /// random augmentation drawn from `rng`.
     fn batch(&self, indices: &[usize], rng: &mut NoiseRng) -> Vec<f32>;
+    /// The class labels of the images at `indices`, for labelled data.
+    fn labels(&self, _indices: &[usize]) -> Option<Vec<u32>> {
+        None
+    }
 }
 
 /// An [`ImageSet`] with the transform of its training batches.
@@ -69,6 +75,9 @@ impl BatchSource for TrainSet<'_> {
     }
     fn batch(&self, indices: &[usize], rng: &mut NoiseRng) -> Vec<f32> {
         self.set.batch(indices, &self.transform, rng)
+    }
+    fn labels(&self, indices: &[usize]) -> Option<Vec<u32>> {
+        self.set.labels_of(indices)
     }
 }
 
@@ -101,17 +110,17 @@ impl Default for TrainingConfig {
 /// A run's whole configuration: what `config.toml` holds. The trainer itself
 /// takes its batches from a [`BatchSource`] (for a data set, a [`TrainSet`]);
 /// `data` is stored so that sampling and likelihood commands know the data.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, bound = "")]
+pub struct RunConfig<T: Task> {
     /// Seed of the initialisation, the noise, the batch order and dropout.
     pub seed: u64,
     /// The forward SDE.
     pub sde: SdeConfig,
-    /// The score network.
-    pub net: UnetConfig,
+    /// The network.
+    pub net: <T::Net as Network>::Config,
     /// The objective.
-    pub loss: LossConfig,
+    pub loss: T::Loss,
     /// The optimiser.
     pub optim: OptimConfig,
     /// The loop.
@@ -120,12 +129,42 @@ pub struct TrainConfig {
     pub data: DataConfig,
 }
 
-impl TrainConfig {
+// Written out: a derive would ask for `T::Net: PartialEq` (the network
+// structure), where only its configuration is compared.
+impl<T: Task> PartialEq for RunConfig<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.seed == other.seed
+            && self.sde == other.sde
+            && self.net == other.net
+            && self.loss == other.loss
+            && self.optim == other.optim
+            && self.training == other.training
+            && self.data == other.data
+    }
+}
+
+impl<T: Task> Default for RunConfig<T> {
+    fn default() -> Self {
+        RunConfig {
+            seed: 0,
+            sde: SdeConfig::default(),
+            net: Default::default(),
+            loss: Default::default(),
+            optim: OptimConfig::default(),
+            training: TrainingConfig::default(),
+            data: DataConfig::default(),
+        }
+    }
+}
+
+/// The configuration of a score-model run.
+pub type TrainConfig = RunConfig<ScoreTask>;
+
+impl<T: Task> RunConfig<T> {
     /// Checks the parts against each other.
     pub fn validate(&self) -> Result<AnySde> {
         let sde = self.sde.build()?;
-        self.net.validate()?;
-        self.loss.validate(&sde)?;
+        T::validate(self, &sde)?;
         self.optim.validate()?;
         let t = &self.training;
         ensure_config(t.batch_size > 0, "training.batch_size", || {
@@ -213,12 +252,12 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
 }
 
-/// Model, optimiser state and loop position.
-pub struct Trainer<B: NetBackend> {
+/// Model, optimiser state and loop position, for any [`Task`].
+pub struct TrainLoop<B: NetBackend, T: Task> {
     /// The backend.
     pub backend: B,
-    /// The score model (current, not averaged, parameters).
-    pub model: UnetScore<B, AnySde>,
+    /// The model (current, not averaged, parameters).
+    pub model: T::Model<B>,
     /// Adam's state.
     pub adam: Adam<B>,
     /// The EMA of the parameters.
@@ -226,7 +265,7 @@ pub struct Trainer<B: NetBackend> {
     /// The loop position.
     pub state: TrainState,
     /// The configuration.
-    pub cfg: TrainConfig,
+    pub cfg: RunConfig<T>,
     /// Caller's metadata stored in checkpoints (e.g. the data configuration).
     pub extra: HashMap<String, String>,
     image_shape: [usize; 3],
@@ -245,19 +284,22 @@ pub fn epoch_permutation(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
     p
 }
 
-fn key_of(s: &str) -> String {
+/// The score-model trainer.
+pub type Trainer<B> = TrainLoop<B, ScoreTask>;
+
+pub(crate) fn key_of(s: &str) -> String {
     format!("train.{s}")
 }
 
-impl<B: NetBackend> Trainer<B> {
+impl<B: NetBackend, T: Task> TrainLoop<B, T> {
     /// A fresh run for images of `image_shape` (`[C, H, W]`, square).
-    pub fn new(backend: B, cfg: TrainConfig, image_shape: [usize; 3]) -> Result<Self> {
+    pub fn new(backend: B, cfg: RunConfig<T>, image_shape: [usize; 3]) -> Result<Self> {
         let sde = cfg.validate()?;
-        check_image_shape(&cfg.net, image_shape)?;
-        let model = UnetScore::new(&backend, &cfg.net, image_shape[1], sde, cfg.seed)?;
-        let pshape = backend.shape(model.store.params()).clone();
+        T::check_image_shape(&cfg, image_shape)?;
+        let model = T::build(&backend, &cfg, image_shape[1], sde)?;
+        let pshape = backend.shape(model.store().params()).clone();
         let adam = Adam::new(&backend, cfg.optim.clone(), &pshape)?;
-        let ema = Ema::new(&backend, cfg.optim.ema_rate, model.store.params())?;
+        let ema = Ema::new(&backend, cfg.optim.ema_rate, model.store().params())?;
         let state = TrainState {
             step: 0,
             // A stream family distinct from the initialisation's.
@@ -265,7 +307,7 @@ impl<B: NetBackend> Trainer<B> {
             epoch: 0,
             pos: 0,
         };
-        Ok(Trainer {
+        Ok(TrainLoop {
             backend,
             model,
             adam,
@@ -285,7 +327,7 @@ impl<B: NetBackend> Trainer<B> {
 
     /// Number of trainable scalars.
     pub fn num_params(&self) -> usize {
-        self.model.store.num_params()
+        self.model.store().num_params()
     }
 
     fn next_indices(&mut self, n: usize) -> Result<Vec<usize>> {
@@ -318,18 +360,22 @@ impl<B: NetBackend> Trainer<B> {
         let idx = self.next_indices(data.len())?;
         let b = &self.backend;
         let x0 = data.batch(&idx, &mut self.state.rng);
+        let labels = data.labels(&idx);
         let [c, h, w] = self.image_shape;
         let shape = Shape::new([idx.len(), c, h, w])?;
         let x0 = b.tensor(x0, &shape)?;
-        let mut grads = b.zeros(b.shape(self.model.store.grads()))?;
-        let dropout = self.cfg.net.dropout > 0.0;
-        let LossValue { loss, .. } = loss::compute(
-            b,
+        let mut grads = b.zeros(b.shape(self.model.store().grads()))?;
+        let batch = Batch {
+            x0: &x0,
+            labels: labels.as_deref(),
+        };
+        let loss = T::loss(
             &self.model,
-            &x0,
+            b,
+            &batch,
             &self.cfg.loss,
             &mut self.state.rng,
-            dropout,
+            T::uses_dropout(&self.cfg),
             Some(&mut grads),
         )?;
         let step = self.state.step + 1;
@@ -352,8 +398,10 @@ impl<B: NetBackend> Trainer<B> {
             // A device error (lost device, failed read-back) is not a NaN.
             Err(e) => return Err(e.into()),
         }
-        let stats = self.adam.update(b, self.model.store.params_mut(), &grads)?;
-        self.ema.update(b, self.model.store.params())?;
+        let stats = self
+            .adam
+            .update(b, self.model.store_mut().params_mut(), &grads)?;
+        self.ema.update(b, self.model.store().params())?;
         self.state.step = step;
         Ok(StepReport {
             step,
@@ -442,16 +490,11 @@ impl<B: NetBackend> Trainer<B> {
     /// loop state, configuration; atomically) and `run_dir/config.toml`.
     pub fn save(&self, run_dir: &Path) -> Result<PathBuf> {
         let b = &self.backend;
-        let params = b.to_vec(self.model.store.params())?;
+        let params = b.to_vec(self.model.store().params())?;
         let ema = b.to_vec(&self.ema.shadow)?;
         let adam_m = b.to_vec(&self.adam.m)?;
         let adam_v = b.to_vec(&self.adam.v)?;
-        let layout: Vec<(String, score_net::View)> = self
-            .model
-            .store
-            .views()
-            .map(|(n, v)| (n.to_string(), v.clone()))
-            .collect();
+        let layout = self.model.store().layout();
         let mut extra = self.extra.clone();
         extra.insert(key_of("state"), to_json(&self.state)?);
         extra.insert(key_of("config"), to_json(&self.cfg)?);
@@ -461,7 +504,7 @@ impl<B: NetBackend> Trainer<B> {
         let path = run_dir.join(CHECKPOINT_FILE);
         checkpoint::save(
             &path,
-            &self.model.net,
+            self.model.net(),
             &layout,
             &[
                 ("params", &params),
@@ -484,18 +527,16 @@ impl<B: NetBackend> Trainer<B> {
     /// or a run directory holding `checkpoint.safetensors`). `steps`, when
     /// given, replaces the configured total (to train further).
     pub fn resume(backend: B, path: &Path, steps: Option<u64>) -> Result<Self> {
-        let ck = TrainingCheckpoint::load(path)?;
+        let ck = RunCheckpoint::<T>::load(path)?;
         let mut cfg = ck.config.clone();
         if let Some(s) = steps {
             cfg.training.steps = s;
         }
-        let mut t = Trainer::new(backend, cfg, ck.image_shape)?;
+        let mut t = TrainLoop::new(backend, cfg, ck.image_shape)?;
         let b = &t.backend;
-        let shape = b.shape(t.model.store.params()).clone();
+        let shape = b.shape(t.model.store().params()).clone();
         let params = ck.buffer("params")?;
-        t.model
-            .store
-            .set_params(b, b.tensor(params.to_vec(), &shape)?)?;
+        t.model.store_mut().set_params_from_host(b, params)?;
         t.ema.shadow = b.tensor(ck.buffer("ema")?.to_vec(), &shape)?;
         t.ema.updates = ck.ema_updates;
         t.adam.m = b.tensor(ck.buffer("adam.m")?.to_vec(), &shape)?;
@@ -510,142 +551,5 @@ impl<B: NetBackend> Trainer<B> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Ok(t)
-    }
-}
-
-fn check_image_shape(net: &UnetConfig, [c, h, w]: [usize; 3]) -> Result<()> {
-    ensure_config(c == net.in_channels, "net.in_channels", || {
-        format!("is {}, the images have {c} channels", net.in_channels)
-    })?;
-    ensure_config(h == w && h > 0, "data", || {
-        format!("images must be square, got {h}x{w}")
-    })?;
-    let f = 1usize << net.channel_mult.len().saturating_sub(1);
-    ensure_config(h % f == 0, "net.channel_mult", || {
-        format!(
-            "{} levels need the image size to be divisible by {f}; it is {h}",
-            net.channel_mult.len()
-        )
-    })
-}
-
-/// JSON text of a value stored in a checkpoint's header.
-fn to_json<T: Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| TrainError::Checkpoint {
-        path: String::new(),
-        reason: e.to_string(),
-    })
-}
-
-/// Which weights to take from a training checkpoint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Weights {
-    /// The exponential moving average (what the paper samples with).
-    #[default]
-    Ema,
-    /// The raw parameters of the last step.
-    Params,
-}
-
-/// A training checkpoint read back: the network file plus the loop state.
-#[derive(Clone, Debug)]
-pub struct TrainingCheckpoint {
-    /// The file that was read.
-    pub path: PathBuf,
-    /// The underlying network checkpoint (config, buffers, metadata).
-    pub inner: score_net::checkpoint::Checkpoint,
-    /// The run's configuration.
-    pub config: TrainConfig,
-    /// The loop state.
-    pub state: TrainState,
-    /// Adam's step count.
-    pub adam_step: u64,
-    /// EMA updates applied.
-    pub ema_updates: u64,
-    /// `[C, H, W]` of the training images.
-    pub image_shape: [usize; 3],
-}
-
-impl TrainingCheckpoint {
-    /// Reads a checkpoint file, or `checkpoint.safetensors` inside a directory.
-    pub fn load(path: &Path) -> Result<Self> {
-        let path = if path.is_dir() {
-            path.join(CHECKPOINT_FILE)
-        } else {
-            path.to_path_buf()
-        };
-        let inner = checkpoint::load(&path)?;
-        let bad = |reason: String| TrainError::Checkpoint {
-            path: path.display().to_string(),
-            reason,
-        };
-        let get = |k: &str| {
-            inner
-                .extra
-                .get(&key_of(k))
-                .ok_or_else(|| bad(format!("no {k:?} entry: not a training checkpoint")))
-        };
-        fn parse<T: serde::de::DeserializeOwned>(
-            text: &str,
-            k: &str,
-            bad: &dyn Fn(String) -> TrainError,
-        ) -> Result<T> {
-            serde_json::from_str(text).map_err(|e| bad(format!("{k}: {e}")))
-        }
-        let config: TrainConfig = parse(get("config")?, "config", &bad)?;
-        let state: TrainState = parse(get("state")?, "state", &bad)?;
-        let image_shape: [usize; 3] = parse(get("image_shape")?, "image_shape", &bad)?;
-        let num = |k: &str| -> Result<u64> {
-            get(k)?
-                .parse()
-                .map_err(|_| bad(format!("{k} is not a number")))
-        };
-        let (adam_step, ema_updates) = (num("adam_step")?, num("ema_updates")?);
-        if config.net != inner.config {
-            return Err(bad(
-                "the run configuration and the stored network disagree".into()
-            ));
-        }
-        Ok(TrainingCheckpoint {
-            path,
-            inner,
-            config,
-            state,
-            adam_step,
-            ema_updates,
-            image_shape,
-        })
-    }
-
-    /// The flat buffer `name` (`params`, `ema`, `adam.m`, `adam.v`).
-    pub fn buffer(&self, name: &str) -> Result<&[f32]> {
-        self.inner
-            .buffer(name)
-            .ok_or_else(|| TrainError::Checkpoint {
-                path: self.path.display().to_string(),
-                reason: format!("no {name:?} buffer"),
-            })
-    }
-
-    /// The score model with the chosen weights, for sampling or likelihoods.
-    pub fn model<B: NetBackend>(&self, b: &B, weights: Weights) -> Result<UnetScore<B, AnySde>> {
-        let sde = self.config.sde.build()?;
-        let mut model = UnetScore::new(
-            b,
-            &self.config.net,
-            self.image_shape[1],
-            sde,
-            self.config.seed,
-        )?;
-        let name = match weights {
-            Weights::Ema => "ema",
-            Weights::Params => "params",
-        };
-        let shape = b.shape(model.store.params()).clone();
-        model
-            .store
-            .set_params(b, b.tensor(self.buffer(name)?.to_vec(), &shape)?)?;
-        Ok(model)
     }
 }
