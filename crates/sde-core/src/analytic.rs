@@ -6,9 +6,17 @@
 //! score Jacobian at every `t` — the ground truth the samplers and the
 //! likelihood are tested against ([`AnalyticScore`] implements [`ScoreModel`]).
 //!
+//! Full-covariance Gaussians and their mixtures ([`FullGaussian`],
+//! [`FullMixture`], [`FullMixtureScore`]) add exact conditionals, linear
+//! observations and class posteriors: the ground truth for controllable
+//! generation (class guidance, inpainting, colourisation).
+//!
 //! All host maths is in `f64`.
 
 mod batch;
+mod full;
+
+pub use full::{FullGaussian, FullMixture, FullMixtureScore};
 
 use crate::error::ensure_param;
 use crate::{Backend, Error, NoiseRng, Result, ScoreModel, ScoreVjp, Sde};

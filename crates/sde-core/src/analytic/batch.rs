@@ -1,4 +1,5 @@
-//! Batch plumbing shared by the analytic score models ([`super::AnalyticScore`]): the samples of a batch tensor are evaluated
+//! Batch plumbing shared by the analytic score models ([`super::AnalyticScore`],
+//! [`super::FullMixtureScore`]): the samples of a batch tensor are evaluated
 //! one at a time on the host, in `f64`, by a per-sample function
 //! `f(t_n, x_n, v_n) -> (score, hvp)`, and the results are gathered back into
 //! tensors of the input's shape.
