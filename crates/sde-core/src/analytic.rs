@@ -6,10 +6,20 @@
 //! score Jacobian at every `t` — the ground truth the samplers and the
 //! likelihood are tested against ([`AnalyticScore`] implements [`ScoreModel`]).
 //!
+//! Full-covariance Gaussians and their mixtures ([`FullGaussian`],
+//! [`FullMixture`], [`FullMixtureScore`]) add exact conditionals, linear
+//! observations and class posteriors: the ground truth for controllable
+//! generation (class guidance, inpainting, colourisation).
+//!
 //! All host maths is in `f64`.
 
+mod batch;
+mod full;
+
+pub use full::{FullGaussian, FullMixture, FullMixtureScore};
+
 use crate::error::ensure_param;
-use crate::{Backend, Error, NoiseRng, Result, ScoreModel, ScoreVjp, Sde, SdeExt};
+use crate::{Backend, Error, NoiseRng, Result, ScoreModel, ScoreVjp, Sde};
 
 const LN_2PI: f64 = 1.837_877_066_409_345_3;
 
@@ -350,61 +360,16 @@ impl<S: Sde> AnalyticScore<S> {
         )
     }
 
-    /// Runs `f(p_t, x_n, v_n)` for every sample on the host, in `f64`.
-    fn per_sample<B: Backend>(
-        &self,
-        b: &B,
-        x: &B::Tensor,
-        t: &[f64],
-        v: Option<&B::Tensor>,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let shape = b.shape(x).clone();
-        let d = self.data.dim();
-        if shape.sample_numel() != d {
-            return Err(Error::InvalidParameter {
-                name: "x",
-                value: shape.to_string(),
-                reason: format!("each sample must have {d} elements"),
-            });
-        }
-        self.sde.check_times(t, shape.batch())?;
-        b.check_finite(x, "score input")?;
-        let xs = b.to_vec(x)?;
-        let vs = match v {
-            Some(v) => {
-                crate::backend::check_same_shape("score_and_vjp (v)", &shape, b.shape(v))?;
-                Some(b.to_vec(v)?)
-            }
-            None => None,
-        };
-        let mut score = Vec::with_capacity(xs.len());
-        let mut vjp = Vec::with_capacity(if vs.is_some() { xs.len() } else { 0 });
-        for (n, &tn) in t.iter().enumerate() {
-            let pt = self.marginal_at(tn)?;
-            let xn: Vec<f64> = xs[n * d..(n + 1) * d]
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect();
-            let vn: Option<Vec<f64>> = vs.as_ref().map(|vs| {
-                vs[n * d..(n + 1) * d]
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .collect()
-            });
-            let (s, h) = pt.score_and_hvp(&xn, vn.as_deref());
-            score.extend(s.iter().map(|&v| v as f32));
-            if vn.is_some() {
-                vjp.extend(h.iter().map(|&v| v as f32));
-            }
-        }
-        Ok((score, vjp))
+    /// The score and (for `Some(v)`) Hessian-vector product of `p_t` at one point.
+    fn host(&self, t: f64, x: &[f64], v: Option<&[f64]>) -> Result<batch::ScoreHvp> {
+        Ok(self.marginal_at(t)?.score_and_hvp(x, v))
     }
 }
 
 impl<B: Backend, S: Sde> ScoreModel<B> for AnalyticScore<S> {
     fn score(&self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<B::Tensor> {
-        let (score, _) = self.per_sample(b, x, t, None)?;
-        b.tensor(score, b.shape(x))
+        let host = |tn: f64, xn: &[f64], vn: Option<&[f64]>| self.host(tn, xn, vn);
+        batch::score(b, &self.sde, self.data.dim(), x, t, host)
     }
 }
 
@@ -416,8 +381,7 @@ impl<B: Backend, S: Sde> ScoreVjp<B> for AnalyticScore<S> {
         t: &[f64],
         v: &B::Tensor,
     ) -> Result<(B::Tensor, B::Tensor)> {
-        let (score, vjp) = self.per_sample(b, x, t, Some(v))?;
-        let shape = b.shape(x);
-        Ok((b.tensor(score, shape)?, b.tensor(vjp, shape)?))
+        let host = |tn: f64, xn: &[f64], vn: Option<&[f64]>| self.host(tn, xn, vn);
+        batch::score_and_vjp(b, &self.sde, self.data.dim(), x, t, v, host)
     }
 }
