@@ -12,7 +12,12 @@
 //!   ([`TimeEmbed`]) and the SDE-time-to-network-input mapping
 //!   ([`time_embed::time_input`]);
 //! - [`layers`] and [`unet`]: the DDPM++-family UNet with explicit backward,
-//!   and [`UnetScore`], which implements `sde_core::ScoreModel`.
+//!   and [`UnetScore`], which implements `sde_core::ScoreModel`;
+//! - [`classifier`]: the noise-conditional classifier `p_t(y | x(t))`
+//!   ([`Classifier`], the UNet's down path with pooling and a linear head)
+//!   for class-conditional sampling, with host-side [`log_softmax`] and
+//!   [`cross_entropy_grad`], and `grad_x log p_t(y | x)` from
+//!   [`Classifier::log_prob_and_input_grad`].
 //!
 //! - [`checkpoint`]: `safetensors` checkpoints with the configuration embedded.
 //!
@@ -20,6 +25,7 @@
 //!   `shaders/`), implementing `sde_core::Backend` and [`NetBackend`].
 
 pub mod checkpoint;
+pub mod classifier;
 pub mod cpu;
 pub mod embed;
 pub mod error;
@@ -30,6 +36,9 @@ pub mod params;
 pub mod time_embed;
 pub mod unet;
 
+pub use classifier::{
+    cross_entropy_grad, log_softmax, Classifier, ClassifierCache, ClassifierConfig,
+};
 pub use error::{GpuError, NetError, Result};
 pub use net_backend::{AdamStep, Conv2dSpec, NetBackend, View};
 pub use params::{Init, ParamBuilder, ParamStore, PARAM_ALIGN};

@@ -1,5 +1,5 @@
 //! The time embedding shared by the score network ([`crate::Unet`]) and the
-//! noise-conditional classifier: host-side features of
+//! noise-conditional classifier ([`crate::Classifier`]): host-side features of
 //! the network's time input ([`crate::embed`]: sinusoidal for DDPM++,
 //! Gaussian Fourier for NCSN++; Song et al. 2021, appendix H), followed by a
 //! two-layer MLP `temb.1(silu(temb.0(features)))` whose output is projected
