@@ -42,6 +42,16 @@ pub enum NetError {
     /// An error of the wgpu backend (no adapter, tensor too large, device lost, ...).
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// A class label outside `0..num_classes`.
+    #[error("label {label} of sample {index} is outside 0..{num_classes}")]
+    Label {
+        /// The sample.
+        index: usize,
+        /// The label given.
+        label: u32,
+        /// The number of classes.
+        num_classes: usize,
+    },
     /// An invalid configuration value.
     #[error("invalid configuration {field} = {value}: {reason}")]
     Config {

@@ -1,9 +1,11 @@
-//! Building blocks of the UNet with explicit forward and backward passes:
-//! convolution, linear and group-norm layers bound to parameter views, the
-//! DDPM++ residual block and attention block (Song et al. 2021, appendix H;
-//! Ho et al. 2020). Each `forward` returns its output and a cache of what its
-//! `backward` needs; `backward` accumulates parameter gradients into the flat
-//! gradient buffer and returns the input gradient(s).
+//! Building blocks of the UNet and the noise-conditional classifier with
+//! explicit forward and backward passes: convolution, linear and group-norm
+//! layers bound to parameter views, the DDPM++ residual block and attention
+//! block (Song et al. 2021, appendix H; Ho et al. 2020), and [`ResAttn`], a
+//! residual block optionally followed by attention, the unit both networks'
+//! paths are made of. Each `forward` returns its output and a cache of what
+//! its `backward` needs; `backward` accumulates parameter gradients into the
+//! flat gradient buffer and returns the input gradient(s).
 
 use sde_core::{Coef, NoiseKey};
 
@@ -442,5 +444,99 @@ impl AttnBlock {
         let dn = b.tokens_to_image(&dtok, c.h, c.w)?;
         let dx_branch = self.gn.backward(b, p, &c.x, &dn, g)?;
         Ok(b.add(&dy, &dx_branch)?)
+    }
+}
+
+/// A residual block, optionally followed by self-attention: the unit the
+/// UNet's down and up paths and the classifier's down path are made of. The
+/// attention block's parameters are named `{name}.attn.*`.
+#[derive(Clone, Debug)]
+pub struct ResAttn {
+    res: ResBlock,
+    attn: Option<AttnBlock>,
+}
+
+/// What [`ResAttn::backward`] needs from the forward pass.
+#[derive(Clone, Debug)]
+pub struct ResAttnCache<T> {
+    res: ResBlockCache<T>,
+    attn: Option<AttnCache<T>>,
+}
+
+impl ResAttn {
+    /// Declares a residual block `cin -> cout` named `name` (see
+    /// [`ResBlock::new`]), followed by an attention block when `with_attn`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pb: &mut ParamBuilder,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        with_attn: bool,
+        temb_dim: usize,
+        dropout: f32,
+        skip_rescale: bool,
+    ) -> Result<Self> {
+        let res = ResBlock::new(pb, name, cin, cout, temb_dim, dropout, skip_rescale)?;
+        let attn = if with_attn {
+            Some(AttnBlock::new(
+                pb,
+                &format!("{name}.attn"),
+                cout,
+                skip_rescale,
+            )?)
+        } else {
+            None
+        };
+        Ok(ResAttn { res, attn })
+    }
+
+    /// Forward pass; `key` enables dropout in the residual block.
+    pub fn forward<B: NetBackend>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        temb: &B::Tensor,
+        key: Option<NoiseKey>,
+    ) -> Result<(B::Tensor, ResAttnCache<B::Tensor>)> {
+        let (y, res) = self.res.forward(b, p, x, temb, key)?;
+        match &self.attn {
+            Some(a) => {
+                let (y, ac) = a.forward(b, p, &y)?;
+                Ok((
+                    y,
+                    ResAttnCache {
+                        res,
+                        attn: Some(ac),
+                    },
+                ))
+            }
+            None => Ok((y, ResAttnCache { res, attn: None })),
+        }
+    }
+
+    /// Backward pass: returns `(dx, dtemb)`. A cache from a unit with a
+    /// different attention setting is a [`crate::NetError::Shape`] error.
+    pub fn backward<B: NetBackend>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        c: &ResAttnCache<B::Tensor>,
+        temb: &B::Tensor,
+        dy: &B::Tensor,
+        g: &mut B::Tensor,
+    ) -> Result<(B::Tensor, B::Tensor)> {
+        match (&self.attn, &c.attn) {
+            (Some(a), Some(ac)) => {
+                let d = a.backward(b, p, ac, dy, g)?;
+                self.res.backward(b, p, &c.res, temb, &d, g)
+            }
+            (None, None) => self.res.backward(b, p, &c.res, temb, dy, g),
+            _ => Err(crate::NetError::Shape {
+                op: "res-attn backward",
+                reason: "cache does not match the unit (attention present in one only)".into(),
+            }),
+        }
     }
 }

@@ -3,13 +3,21 @@
 //! - [`NetBackend`]: the primitive neural-network ops (conv2d, linear, group
 //!   norm, SiLU, attention, up/down-sampling, concatenation, dropout), each
 //!   with an explicit backward pass giving input and parameter gradients;
-//!   implemented for the CPU in [`cpu`] (gemm-based, threaded) and, later,
-//!   for wgpu;
+//!   implemented for the CPU in [`cpu`] (gemm-based, threaded) and for
+//!   wgpu in [`gpu`];
 //! - [`params`]: the flat parameter store (one buffer of parameters, one of
 //!   gradients) with named [`View`]s and seeded initialisation;
-//! - [`embed`]: sinusoidal and Gaussian-Fourier time embeddings;
+//! - [`embed`]: sinusoidal and Gaussian-Fourier time features;
+//!   [`time_embed`]: the time-embedding MLP both networks share
+//!   ([`TimeEmbed`]) and the SDE-time-to-network-input mapping
+//!   ([`time_embed::time_input`]);
 //! - [`layers`] and [`unet`]: the DDPM++-family UNet with explicit backward,
-//!   and [`UnetScore`], which implements `sde_core::ScoreModel`.
+//!   and [`UnetScore`], which implements `sde_core::ScoreModel`;
+//! - [`classifier`]: the noise-conditional classifier `p_t(y | x(t))`
+//!   ([`Classifier`], the UNet's down path with pooling and a linear head)
+//!   for class-conditional sampling, with host-side [`log_softmax`] and
+//!   [`cross_entropy_grad`], and `grad_x log p_t(y | x)` from
+//!   [`Classifier::log_prob_and_input_grad`].
 //!
 //! - [`network`]: the [`Network`] trait every trainable network implements
 //!   (stored description, cached forward, explicit backward);
@@ -17,10 +25,10 @@
 //!   configuration embedded, over a model-agnostic container.
 //!
 //! - [`gpu`]: the wgpu backend ([`gpu::WgpuBackend`], WGSL kernels from
-//!   `shaders/`); so far it implements `sde_core::Backend`, the `NetBackend`
-//!   ops follow (see the issue tracker).
+//!   `shaders/`), implementing `sde_core::Backend` and [`NetBackend`].
 
 pub mod checkpoint;
+pub mod classifier;
 pub mod cpu;
 pub mod embed;
 pub mod error;
@@ -29,10 +37,15 @@ pub mod layers;
 pub mod net_backend;
 pub mod network;
 pub mod params;
+pub mod time_embed;
 pub mod unet;
 
+pub use classifier::{
+    cross_entropy_grad, log_softmax, Classifier, ClassifierCache, ClassifierConfig,
+};
 pub use error::{GpuError, NetError, Result};
 pub use net_backend::{AdamStep, Conv2dSpec, NetBackend, View};
 pub use network::Network;
 pub use params::{Init, ParamBuilder, ParamStore, PARAM_ALIGN};
+pub use time_embed::TimeEmbed;
 pub use unet::{Embedding, Resample, Unet, UnetConfig, UnetScore};

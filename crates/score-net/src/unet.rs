@@ -5,8 +5,8 @@
 //! (ResBlock–Attention–ResBlock), an up path whose residual blocks take the
 //! matching down-path activations as skip connections, and an output
 //! GroupNorm–SiLU–convolution. Time enters through an embedding (sinusoidal on
-//! `999 t`, or Gaussian Fourier features on `ln sigma`) and a two-layer MLP,
-//! projected into every residual block.
+//! `999 t`, or Gaussian Fourier features on `ln sigma`) and a two-layer MLP
+//! ([`crate::time_embed`]), projected into every residual block.
 //!
 //! [`UnetScore`] turns the network into a [`ScoreModel`]: VP / sub-VP networks
 //! predict noise (`score = -out / s(t)`), VE networks are scaled by
@@ -17,11 +17,13 @@ use sde_core::{Backend, Coef, NoiseKey, ScoreModel, ScoreVjp, Sde, SdeKind, Shap
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Checkpoint, StorageDtype};
-use crate::embed;
 use crate::error::NetError;
-use crate::layers::{AttnBlock, AttnCache, Conv, GroupNorm, Linear, ResBlock, ResBlockCache};
+use crate::layers::{
+    AttnBlock, AttnCache, Conv, GroupNorm, ResAttn, ResAttnCache, ResBlock, ResBlockCache,
+};
 use crate::network::Network;
 use crate::params::{ParamBuilder, ParamStore};
+use crate::time_embed::{self, TimeEmbed, TimeEmbedCache};
 use crate::{NetBackend, Result};
 
 /// The format tag of UNet checkpoints (see [`crate::checkpoint`]).
@@ -150,92 +152,6 @@ impl UnetConfig {
     }
 }
 
-/// A residual block, optionally followed by self-attention: the unit both
-/// UNet paths are made of.
-#[derive(Clone, Debug)]
-struct ResAttn {
-    res: ResBlock,
-    attn: Option<AttnBlock>,
-}
-
-/// Cache of a [`ResAttn`] forward pass.
-#[derive(Clone, Debug)]
-struct ResAttnCache<T> {
-    res: ResBlockCache<T>,
-    attn: Option<AttnCache<T>>,
-}
-
-impl ResAttn {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        pb: &mut ParamBuilder,
-        name: &str,
-        cin: usize,
-        cout: usize,
-        with_attn: bool,
-        temb_dim: usize,
-        dropout: f32,
-        skip_rescale: bool,
-    ) -> Result<Self> {
-        let res = ResBlock::new(pb, name, cin, cout, temb_dim, dropout, skip_rescale)?;
-        let attn = if with_attn {
-            Some(AttnBlock::new(
-                pb,
-                &format!("{name}.attn"),
-                cout,
-                skip_rescale,
-            )?)
-        } else {
-            None
-        };
-        Ok(ResAttn { res, attn })
-    }
-
-    fn forward<B: NetBackend>(
-        &self,
-        b: &B,
-        p: &B::Tensor,
-        x: &B::Tensor,
-        temb: &B::Tensor,
-        key: Option<NoiseKey>,
-    ) -> Result<(B::Tensor, ResAttnCache<B::Tensor>)> {
-        let (y, res) = self.res.forward(b, p, x, temb, key)?;
-        match &self.attn {
-            Some(a) => {
-                let (y, ac) = a.forward(b, p, &y)?;
-                Ok((
-                    y,
-                    ResAttnCache {
-                        res,
-                        attn: Some(ac),
-                    },
-                ))
-            }
-            None => Ok((y, ResAttnCache { res, attn: None })),
-        }
-    }
-
-    /// Returns `(dx, dtemb)`.
-    fn backward<B: NetBackend>(
-        &self,
-        b: &B,
-        p: &B::Tensor,
-        c: &ResAttnCache<B::Tensor>,
-        temb: &B::Tensor,
-        dy: &B::Tensor,
-        g: &mut B::Tensor,
-    ) -> Result<(B::Tensor, B::Tensor)> {
-        match (&self.attn, &c.attn) {
-            (Some(a), Some(ac)) => {
-                let d = a.backward(b, p, ac, dy, g)?;
-                self.res.backward(b, p, &c.res, temb, &d, g)
-            }
-            (None, None) => self.res.backward(b, p, &c.res, temb, dy, g),
-            _ => Err(mismatch()),
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 enum DownItem {
     Res(Box<ResAttn>),
@@ -258,9 +174,7 @@ enum ItemCache<T> {
 /// Everything the backward pass needs from a forward pass.
 #[derive(Clone, Debug)]
 pub struct UnetCache<T> {
-    emb: T,
-    t0: T,
-    st0: T,
+    tcache: TimeEmbedCache<T>,
     temb: T,
     x: T,
     down: Vec<ItemCache<T>>,
@@ -276,15 +190,13 @@ pub struct UnetCache<T> {
 #[derive(Clone, Debug)]
 pub struct Unet {
     cfg: UnetConfig,
-    temb0: Linear,
-    temb1: Linear,
+    temb: TimeEmbed,
     conv_in: Conv,
     down: Vec<DownItem>,
     mid: (ResBlock, AttnBlock, ResBlock),
     up: Vec<UpItem>,
     gn_out: GroupNorm,
     conv_out: Conv,
-    fourier: Vec<f32>,
     image_size: usize,
     seed: u64,
 }
@@ -300,10 +212,9 @@ impl Unet {
     ) -> Result<Self> {
         cfg.validate()?;
         let nf = cfg.base_channels;
-        let temb_dim = 4 * nf;
         let (drop, sr) = (cfg.dropout, cfg.skip_rescale);
-        let temb0 = Linear::new(pb, "temb.0", nf, temb_dim, 1.0)?;
-        let temb1 = Linear::new(pb, "temb.1", temb_dim, temb_dim, 1.0)?;
+        let temb = TimeEmbed::new(pb, cfg.embedding, nf, cfg.fourier_scale, seed)?;
+        let temb_dim = temb.dim();
         let conv_in = Conv::new(pb, "conv_in", cfg.in_channels, nf, 3, 1, 1.0)?;
         let attn_at = |res: usize| cfg.attn_resolutions.contains(&res);
         let mut down = Vec::new();
@@ -384,21 +295,15 @@ impl Unet {
         }
         let gn_out = GroupNorm::new(pb, "out.gn", c)?;
         let conv_out = Conv::new(pb, "out.conv", c, cfg.in_channels, 3, 1, 1e-10)?;
-        let fourier = match cfg.embedding {
-            Embedding::Fourier => embed::fourier_weights(nf / 2, cfg.fourier_scale, seed),
-            Embedding::Positional => Vec::new(),
-        };
         Ok(Unet {
             cfg: cfg.clone(),
-            temb0,
-            temb1,
+            temb,
             conv_in,
             down,
             mid,
             up,
             gn_out,
             conv_out,
-            fourier,
             image_size,
             seed,
         })
@@ -417,15 +322,6 @@ impl Unet {
     /// The configuration.
     pub fn config(&self) -> &UnetConfig {
         &self.cfg
-    }
-
-    fn embedding<B: NetBackend>(&self, b: &B, time_input: &[f64]) -> Result<B::Tensor> {
-        let nf = self.cfg.base_channels;
-        let host = match self.cfg.embedding {
-            Embedding::Positional => embed::sinusoidal(time_input, nf, 10_000.0),
-            Embedding::Fourier => embed::gaussian_fourier(time_input, &self.fourier),
-        };
-        Ok(b.tensor(host, &Shape::new([time_input.len(), nf])?)?)
     }
 
     /// Forward pass on `x [N, C, H, W]` with the per-sample network time input
@@ -450,10 +346,7 @@ impl Unet {
                 ),
             });
         }
-        let emb = self.embedding(b, time_input)?;
-        let t0 = self.temb0.forward(b, p, &emb)?;
-        let st0 = b.silu(&t0)?;
-        let temb = self.temb1.forward(b, p, &st0)?;
+        let (temb, tcache) = self.temb.forward(b, p, time_input)?;
         // Each block gets its own dropout stream.
         let mut block = 0u64;
         let mut next_key = || {
@@ -518,9 +411,7 @@ impl Unet {
         Ok((
             out,
             UnetCache {
-                emb,
-                t0,
-                st0,
+                tcache,
                 temb,
                 x: x.clone(),
                 down,
@@ -599,9 +490,7 @@ impl Unet {
         }
         let dx = self.conv_in.backward_dx(b, p, &c.x, &dh, g)?;
         // Time-embedding MLP (parameter gradients only).
-        let dst0 = self.temb1.backward(b, p, &c.st0, &dtemb, g)?;
-        let dt0 = b.silu_backward(&c.t0, &dst0)?;
-        let _ = self.temb0.backward(b, p, &c.emb, &dt0, g)?;
+        self.temb.backward(b, p, &c.tcache, &dtemb, g)?;
         Ok(dx)
     }
 }
@@ -637,13 +526,7 @@ impl<B: NetBackend, S: Sde> UnetScore<B, S> {
 
     /// The network's time input for each `t`.
     pub fn time_input(&self, t: &[f64]) -> Vec<f64> {
-        t.iter()
-            .map(|&t| match (self.sde.kind(), self.net.cfg.embedding) {
-                (SdeKind::Ve, Embedding::Positional) => self.sde.marginal(t).std,
-                (SdeKind::Ve, Embedding::Fourier) => self.sde.marginal(t).std.ln(),
-                _ => 999.0 * t,
-            })
-            .collect()
+        time_embed::time_input(&self.sde, self.net.cfg.embedding, t)
     }
 
     /// Per-sample factor `c` with `score = c * out`.
