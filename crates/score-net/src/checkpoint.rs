@@ -372,13 +372,24 @@ fn format_mismatch<N: Network>(found: &str) -> String {
             N::DESCRIPTION
         )
     } else {
+        let what = KNOWN_FORMATS
+            .iter()
+            .find(|(tag, _)| *tag == found)
+            .map(|(_, d)| format!(" is a {d} checkpoint,"))
+            .unwrap_or_else(|| ":".into());
         format!(
-            "format {found:?}: not a {} checkpoint (expected {:?})",
+            "format {found:?}{what} not a {} checkpoint (expected {:?})",
             N::DESCRIPTION,
             N::FORMAT
         )
     }
 }
+
+/// The networks of this crate, for naming what a refused file holds.
+const KNOWN_FORMATS: [(&str, &str); 2] = [
+    (crate::unet::FORMAT, "score UNet"),
+    (crate::classifier_model::FORMAT, "noise-conditional classifier"),
+];
 
 /// Writes `buffers` (each laid out like the network's parameters; the first
 /// must be named `"params"`) with the network's description and `extra`
@@ -467,4 +478,43 @@ pub fn matching_params<'a, N: Network>(
     }
     ck.buffer("params")
         .ok_or_else(|| bad(path, "no \"params\" buffer"))
+}
+
+/// Writes the parameters of `net` held in `store` (one `"params"` buffer) to
+/// `path`, atomically.
+pub fn save_params<B: crate::NetBackend, N: Network>(
+    b: &B,
+    path: &Path,
+    net: &N,
+    store: &crate::ParamStore<B>,
+    dtype: StorageDtype,
+    extra: &HashMap<String, String>,
+) -> Result<()> {
+    let params = b.to_vec(store.params())?;
+    save(
+        path,
+        net,
+        &store.layout(),
+        &[("params", &params)],
+        dtype,
+        extra,
+    )
+}
+
+/// Rebuilds the network of `ck` with a parameter store on `b` holding the
+/// checkpoint's buffer `buffer` (`"params"`, or a companion such as `"ema"`).
+pub fn restore<B: crate::NetBackend, N: Network>(
+    b: &B,
+    ck: &Checkpoint<N>,
+    buffer: &str,
+) -> Result<(N, crate::ParamStore<B>)> {
+    let mut pb = ParamBuilder::new();
+    let net = N::build(&ck.config, ck.image_size, &mut pb, ck.seed)?;
+    let mut store = pb.build(b, ck.seed)?;
+    let values = ck.buffer(buffer).ok_or_else(|| NetError::Checkpoint {
+        path: String::new(),
+        reason: format!("no {buffer:?} buffer"),
+    })?;
+    store.set_params_from_host(b, values)?;
+    Ok((net, store))
 }

@@ -7,12 +7,15 @@
 //!   reductions) and the discrete SMLD and DDPM losses;
 //! - [`optim`]: Adam with warm-up and global-norm clipping, and the EMA of
 //!   the weights;
+//! - [`classify`]: the noise-conditional classifier's task (cross-entropy on
+//!   perturbed data) and its accuracy at chosen times;
 //! - [`task`]: what a run trains ([`Task`]: network, model, objective);
 //!   [`ScoreTask`] is the score UNet by denoising score matching;
 //! - [`trainer`]: the loop, generic over the task, with logging, periodic
 //!   atomic checkpoints, interruption, non-finite detection and bit-exact
 //!   resume; [`run_checkpoint`]: reading its checkpoints back.
 
+pub mod classify;
 pub mod data;
 pub mod error;
 pub mod images;
@@ -22,6 +25,10 @@ pub mod run_checkpoint;
 pub mod task;
 pub mod trainer;
 
+pub use classify::{
+    accuracy_at_times, Accuracy, ClassifierCheckpoint, ClassifierLoss, ClassifierRunConfig,
+    ClassifierTask, ClassifierTrainer,
+};
 pub use data::{
     DataConfig, DataError, DataSplits, Dataset, DatasetName, ImageSet, Scale, Transform,
 };
