@@ -388,7 +388,10 @@ fn format_mismatch<N: Network>(found: &str) -> String {
 /// The networks of this crate, for naming what a refused file holds.
 const KNOWN_FORMATS: [(&str, &str); 2] = [
     (crate::unet::FORMAT, "score UNet"),
-    (crate::classifier_model::FORMAT, "noise-conditional classifier"),
+    (
+        crate::classifier_model::FORMAT,
+        "noise-conditional classifier",
+    ),
 ];
 
 /// Writes `buffers` (each laid out like the network's parameters; the first

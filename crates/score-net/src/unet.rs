@@ -182,7 +182,7 @@ pub struct UnetCache<T> {
 }
 
 /// The UNet: layer structure plus parameter views (the parameters themselves
-/// live in a [`ParamStore`]).
+/// live in a [`crate::ParamStore`]).
 #[derive(Clone, Debug)]
 pub struct Unet {
     cfg: UnetConfig,
@@ -321,7 +321,7 @@ impl Unet {
     }
 
     /// Forward pass on `x [N, C, H, W]` with the per-sample network time input
-    /// (see [`UnetScore`]); `dropout_key` enables dropout (training).
+    /// (see [`crate::UnetScore`]); `dropout_key` enables dropout (training).
     pub fn forward<B: NetBackend>(
         &self,
         b: &B,

@@ -9,7 +9,9 @@
 //!   samplers need, with the [`CpuBackend`] implementation;
 //! - [`rng`]: the counter-based Philox generator shared by all backends;
 //! - [`ScoreModel`]: what a score network (or an exact score) provides;
-//! - [`analytic`]: Gaussian and Gaussian-mixture data with exact scores at every `t`.
+//! - [`analytic`]: Gaussian and Gaussian-mixture data (diagonal and full
+//!   covariance) with exact scores and class posteriors at every `t`;
+//! - [`stats`]: sample moments and an energy-distance two-sample test.
 //!
 //! # Example
 //! Perturb a batch with the VP SDE and evaluate the exact score of the perturbed
@@ -47,6 +49,7 @@ pub mod model;
 pub mod rng;
 pub mod sde;
 pub mod shape;
+pub mod stats;
 
 pub use backend::{Backend, Coef};
 pub use cpu::{CpuBackend, CpuTensor};

@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use sde_core::analytic::{DiagGaussian, GaussianMixture};
-use sde_core::{AnySde, NoiseKey, NoiseRng, SubVpSde, VeSde, VpSde};
+use sde_core::{AnySde, NoiseRng, SubVpSde, VeSde, VpSde};
 
 /// A three-component 2-D mixture with well separated, unequal modes.
 pub fn mixture_2d() -> GaussianMixture {
@@ -71,80 +71,14 @@ pub fn test_sdes(n: usize) -> Vec<AnySde> {
     ]
 }
 
-/// Energy distance `2 E|X-Y| - E|X-X'| - E|Y-Y'|` of the split (`idx_x`, rest),
-/// from the pooled distance matrix, its row sums and its total: only the
-/// within-X sums are computed (`O(n^2)`), the rest follows from the totals.
-fn energy(dist: &[f64], total: usize, rows: &[f64], all: f64, idx_x: &[usize]) -> f64 {
-    let n = idx_x.len() as f64;
-    let m = (total - idx_x.len()) as f64;
-    let (mut sxx, mut sxy) = (0.0, 0.0);
-    for &i in idx_x {
-        let within: f64 = idx_x.iter().map(|&j| dist[i * total + j]).sum();
-        sxx += within;
-        sxy += rows[i] - within;
-    }
-    let syy = all - sxx - 2.0 * sxy;
-    2.0 * sxy / (n * m) - sxx / (n * n) - syy / (m * m)
-}
-
-/// Energy-distance two-sample test: statistic and permutation p-value.
+/// [`sde_core::stats::energy_test`] on valid input.
 pub fn energy_test(x: &[f32], y: &[f32], d: usize, perms: usize, seed: u64) -> (f64, f64) {
-    let n = x.len() / d;
-    let total = n + y.len() / d;
-    let pooled: Vec<f64> = x.iter().chain(y.iter()).map(|&v| f64::from(v)).collect();
-    let mut dist = vec![0.0; total * total];
-    for i in 0..total {
-        for j in i + 1..total {
-            let s: f64 = (0..d)
-                .map(|k| (pooled[i * d + k] - pooled[j * d + k]).powi(2))
-                .sum();
-            dist[i * total + j] = s.sqrt();
-            dist[j * total + i] = s.sqrt();
-        }
-    }
-    let rows: Vec<f64> = (0..total)
-        .map(|i| dist[i * total..(i + 1) * total].iter().sum())
-        .collect();
-    let all: f64 = rows.iter().sum();
-    let mut idx: Vec<usize> = (0..total).collect();
-    let observed = energy(&dist, total, &rows, all, &idx[..n]);
-    let key = NoiseKey::new(seed, 0xE4E4);
-    let u = key.uniforms_f64(perms * total);
-    let mut exceed = 0;
-    for p in 0..perms {
-        // Fisher–Yates with the test's own uniforms.
-        for i in (1..total).rev() {
-            let j = (u[p * total + i] * (i + 1) as f64) as usize;
-            idx.swap(i, j.min(i));
-        }
-        if energy(&dist, total, &rows, all, &idx[..n]) >= observed {
-            exceed += 1;
-        }
-    }
-    (observed, (exceed + 1) as f64 / (perms + 1) as f64)
+    sde_core::stats::energy_test(x, y, d, perms, seed).unwrap()
 }
 
-/// Sample mean and covariance (row-major `d x d`).
+/// [`sde_core::stats::moments`] on valid input.
 pub fn moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
-    let n = x.len() / d;
-    let mut mean = vec![0.0; d];
-    for i in 0..n {
-        for j in 0..d {
-            mean[j] += f64::from(x[i * d + j]);
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= n as f64);
-    let mut cov = vec![0.0; d * d];
-    for i in 0..n {
-        for a in 0..d {
-            let da = f64::from(x[i * d + a]) - mean[a];
-            for b in 0..d {
-                cov[a * d + b] += da * (f64::from(x[i * d + b]) - mean[b]);
-            }
-        }
-    }
-    cov.iter_mut().for_each(|c| *c /= (n - 1) as f64);
-    (mean, cov)
+    sde_core::stats::moments(x, d).unwrap()
 }
 
 /// Checks that `samples` come from `truth`:
