@@ -211,8 +211,8 @@ pub fn chunks(n: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usi
 }
 
 /// Loads a run's data set, with the data path optionally replaced.
-pub fn load_data(
-    cfg: &train::TrainConfig,
+pub fn load_data<T: train::Task>(
+    cfg: &train::RunConfig<T>,
     data_path: Option<PathBuf>,
 ) -> Result<train::data::DataSplits> {
     let mut dc = cfg.data.clone();

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use score_net::NetBackend;
-use sde_core::{AnySde, Backend, NoiseRng, Sde, Shape};
+use sde_core::{AnySde, Backend, NoiseRng, ScoreModel, Sde, Shape};
 use serde_json::json;
 use solvers::{
     CorrectorKind, DataScale, Divergence, LikelihoodConfig, OdeConfig, PcConfig, PredictorKind,
@@ -122,9 +122,18 @@ pub struct SampleArgs {
     pub corrector_steps: usize,
     #[command(flatten)]
     pub ode: OdeArgs,
-    /// Number of samples.
+    /// Number of samples (per class with `--class`).
     #[arg(short, long, default_value_t = 64)]
     pub n: usize,
+    /// Classifier run (from `scoresde train-classifier`) for class-conditional sampling.
+    #[arg(long, requires = "class")]
+    pub classifier: Option<PathBuf>,
+    /// Classes to sample: `3`, `0..9` (inclusive) or `1,4,7`; one grid row per class.
+    #[arg(long, requires = "classifier")]
+    pub class: Option<String>,
+    /// Guidance scale w: score + w grad log p_t(y|x) (1 is the paper's conditional score).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f64,
     /// Samples per batch.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -156,18 +165,30 @@ impl<B: Backend> SamplerHooks<B> for PcHooks<'_> {
     }
 }
 
-/// Draws `n` samples; returns the NCHW data and the total NFE.
+/// Draws `labels.len()` samples (or `args.n` without guidance), sample `i`
+/// guided towards `labels[i]`; returns the NCHW data and the total NFE.
 pub fn draw_samples<B: NetBackend>(
     ctx: &Ctx,
     m: &Loaded<B>,
     args: &SampleArgs,
+    guidance: Option<(&crate::guide::Guidance<B>, &[u32])>,
 ) -> Result<(Vec<f32>, usize)> {
     let b = &m.b;
     let mut rng = NoiseRng::new(ctx.seed.unwrap_or(0));
     let mut out = Vec::new();
     let mut nfe = 0;
-    for r in chunks(args.n, args.batch_size) {
+    let total = guidance.map_or(args.n, |(_, l)| l.len());
+    for r in chunks(total, args.batch_size) {
         let shape = m.shape(r.len())?;
+        let model: Box<dyn ScoreModel<B> + '_> = match guidance {
+            Some((g, labels)) => Box::new(cond::Guided::new::<B>(
+                &m.model,
+                &g.classifier,
+                labels[r.clone()].to_vec(),
+                g.scale,
+            )?),
+            None => Box::new(&m.model),
+        };
         let x = match args.sampler {
             SamplerKind::Pc => {
                 let cfg = PcConfig {
@@ -185,7 +206,7 @@ pub fn draw_samples<B: NetBackend>(
                 let o = solvers::pc_sample(
                     b,
                     &m.model.sde,
-                    &m.model,
+                    &*model,
                     &shape,
                     &cfg,
                     &mut rng,
@@ -197,7 +218,8 @@ pub fn draw_samples<B: NetBackend>(
             }
             SamplerKind::Ode => {
                 let bar = ctx.spinner("ode nfe");
-                let w = Watched::new(&m.model, &bar);
+                let inner: &dyn ScoreModel<B> = &*model;
+                let w = Watched::new(&inner, &bar);
                 let o =
                     solvers::ode_sample(b, &m.model.sde, &w, &shape, &args.ode.config(), &mut rng)
                         .map_err(interrupt_aware)?;
@@ -262,27 +284,51 @@ pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
     if args.n == 0 {
         bail!("-n must be at least 1");
     }
-    with_backend!(ctx, b => sample_on(ctx, args.model.load(b)?, args))
+    let classes = match &args.class {
+        Some(spec) => Some(crate::guide::parse_classes(spec)?),
+        None => None,
+    };
+    with_backend!(ctx, b => {
+        let m = args.model.load(b)?;
+        let guidance = match (&args.classifier, classes) {
+            (Some(path), Some(classes)) => Some(crate::guide::load(
+                &m.b,
+                path,
+                &m.ck,
+                classes,
+                args.guidance,
+            )?),
+            _ => None,
+        };
+        sample_on(ctx, m, args, guidance.as_ref())
+    })
 }
 
 fn sample_on<B: NetBackend>(
     ctx: &Ctx,
     m: Loaded<B>,
     args: &SampleArgs,
+    guidance: Option<&crate::guide::Guidance<B>>,
 ) -> Result<serde_json::Value> {
     let start = Instant::now();
-    let (x, nfe) = draw_samples(ctx, &m, args)?;
+    // With guidance: `n` samples of each class, class-major (one grid row per class).
+    let labels: Option<Vec<u32>> = guidance.map(|g| {
+        g.classes
+            .iter()
+            .flat_map(|&c| std::iter::repeat_n(c, args.n))
+            .collect()
+    });
+    let (x, nfe) = draw_samples(ctx, &m, args, guidance.zip(labels.as_deref()))?;
     let secs = start.elapsed().as_secs_f64();
     let [c, h, w] = m.image_shape();
-    let shape = [args.n, c, h, w];
-    write_grid(
-        &args.out,
-        &x,
-        shape,
-        m.range(),
-        grid_cols(args.n),
-        args.zoom,
-    )?;
+    let total = labels.as_ref().map_or(args.n, Vec::len);
+    let shape = [total, c, h, w];
+    let cols = if guidance.is_some() {
+        args.n
+    } else {
+        grid_cols(args.n)
+    };
+    write_grid(&args.out, &x, shape, m.range(), cols, args.zoom)?;
     if let Some(p) = &args.npy {
         train::images::write_npy(p, &x, &shape)?;
     }
@@ -294,7 +340,9 @@ fn sample_on<B: NetBackend>(
         "command": "sample",
         "device": m.b.name(),
         "sampler": format!("{:?}", args.sampler).to_lowercase(),
-        "n": args.n,
+        "n": total,
+        "classes": guidance.map(|g| g.classes.clone()),
+        "guidance": guidance.map(|g| g.scale),
         "nfe": nfe,
         "seconds": secs,
         "png": args.out,

@@ -3,7 +3,10 @@
 //! ```text
 //! scoresde demo                                   # train on digits, sample, bits/dim
 //! scoresde train --config configs/digits-vp.toml --out runs/digits
+//! scoresde train-classifier --config configs/digits-classifier.toml --out runs/clf
+//! scoresde eval-classifier --ckpt runs/clf
 //! scoresde sample --ckpt runs/digits --sampler pc -n 64 --out grid.png
+//! scoresde sample --ckpt runs/digits --classifier runs/clf --class 0..9 -n 8
 //! scoresde likelihood --ckpt runs/digits --split test
 //! scoresde encode|decode|interpolate --ckpt runs/digits ...
 //! scoresde info
@@ -15,6 +18,7 @@
 mod common;
 mod demo;
 mod gen;
+mod guide;
 mod train_cmd;
 
 use std::process::ExitCode;
@@ -51,6 +55,10 @@ enum Cmd {
     Info,
     /// Train a score model.
     Train(train_cmd::TrainArgs),
+    /// Train a noise-conditional classifier p_t(y | x(t)) for class guidance.
+    TrainClassifier(train_cmd::TrainArgs),
+    /// Test accuracy of a classifier run at t = 0, 0.25, 0.5, 0.75, 1.
+    EvalClassifier(train_cmd::EvalClassifierArgs),
     /// Draw samples (PC sampler or probability-flow ODE) into a PNG grid.
     Sample(gen::SampleArgs),
     /// Bits/dim of a data split under the probability-flow ODE.
@@ -165,6 +173,8 @@ fn main() -> ExitCode {
     let result = match &cli.cmd {
         Cmd::Info => Ok(info(&ctx)),
         Cmd::Train(a) => train_cmd::run(&ctx, a),
+        Cmd::TrainClassifier(a) => train_cmd::run_classifier(&ctx, a),
+        Cmd::EvalClassifier(a) => train_cmd::eval_classifier(&ctx, a),
         Cmd::Sample(a) => gen::sample(&ctx, a),
         Cmd::Likelihood(a) => gen::likelihood(&ctx, a),
         Cmd::Encode(a) => gen::encode(&ctx, a),

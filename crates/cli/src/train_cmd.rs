@@ -1,7 +1,10 @@
-//! `scoresde train`: trains a score model from a TOML configuration, with
-//! flags for the common fields, a progress bar, periodic atomic checkpoints,
-//! a `log.jsonl` of the loss and throughput in the run directory, Ctrl-C to
-//! stop after a checkpoint, and `--resume`.
+//! `scoresde train` and `scoresde train-classifier`: train a score model or
+//! a noise-conditional classifier from a TOML configuration, with flags for
+//! the common fields, a progress bar, periodic atomic checkpoints, a
+//! `log.jsonl` of the loss and throughput in the run directory, Ctrl-C to
+//! stop after a checkpoint, and `--resume`. A classifier run ends with its
+//! test accuracy at t = 0, 0.25, 0.5, 0.75 and 1 (`scoresde eval-classifier`
+//! prints it for any classifier run).
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,10 @@ use indicatif::ProgressBar;
 use score_net::NetBackend;
 use serde_json::json;
 use train::data::DatasetName;
-use train::{LogEntry, StepReport, TrainConfig, TrainObserver, Trainer};
+use train::{
+    ClassifierRunConfig, ClassifierTask, LogEntry, RunConfig, StepReport, Task, TrainConfig,
+    TrainLoop, TrainObserver,
+};
 
 use crate::common::{interrupted, with_backend, Ctx};
 
@@ -53,7 +59,7 @@ pub struct TrainArgs {
 }
 
 /// Reads a configuration file (TOML) with a clear error.
-pub fn read_config(path: &Path) -> Result<TrainConfig> {
+pub fn read_config<C: serde::de::DeserializeOwned>(path: &Path) -> Result<C> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the configuration {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
@@ -66,7 +72,7 @@ pub fn read_config(path: &Path) -> Result<TrainConfig> {
 }
 
 impl TrainArgs {
-    fn apply(&self, cfg: &mut TrainConfig, seed: Option<u64>) {
+    fn apply<T: Task>(&self, cfg: &mut RunConfig<T>, seed: Option<u64>) {
         if let Some(s) = self.steps {
             cfg.training.steps = s;
         }
@@ -154,17 +160,17 @@ pub fn train_run(
     resume: bool,
     data_path: Option<PathBuf>,
 ) -> Result<serde_json::Value> {
-    with_backend!(ctx, b => train_on(ctx, b, cfg, out, resume, data_path))
+    with_backend!(ctx, b => train_on(ctx, b, cfg, out, resume, data_path).map(|r| r.0))
 }
 
-fn train_on<B: NetBackend>(
+fn train_on<B: NetBackend, T: Task>(
     ctx: &Ctx,
     b: B,
-    cfg: TrainConfig,
+    cfg: RunConfig<T>,
     out: &Path,
     resume: bool,
     data_path: Option<PathBuf>,
-) -> Result<serde_json::Value> {
+) -> Result<(serde_json::Value, TrainLoop<B, T>, train::data::DataSplits)> {
     let device = b.name();
     let splits = crate::common::load_data(&cfg, data_path)?;
     let ck = out.join(train::trainer::CHECKPOINT_FILE);
@@ -172,7 +178,7 @@ fn train_on<B: NetBackend>(
         if !ck.exists() {
             bail!("--resume: no checkpoint at {}", ck.display());
         }
-        let t = Trainer::resume(b, &ck, Some(cfg.training.steps))?;
+        let t = TrainLoop::<B, T>::resume(b, &ck, Some(cfg.training.steps))?;
         if t.cfg.data != cfg.data || t.cfg.net != cfg.net || t.cfg.sde != cfg.sde {
             ctx.note("note: resuming with the configuration stored in the checkpoint");
         }
@@ -184,11 +190,12 @@ fn train_on<B: NetBackend>(
                 out.display()
             );
         }
-        Trainer::new(b, cfg, splits.train.image_shape())?
+        TrainLoop::new(b, cfg, splits.train.image_shape())?
     };
     let source = train::TrainSet::new(&splits.train, trainer.cfg.data.transform());
     ctx.note(format!(
-        "training on {} ({} train / {} test images of {:?}) with {device}, {} parameters, from step {} to {}",
+        "training a {} on {} ({} train / {} test images of {:?}) with {device}, {} parameters, from step {} to {}",
+        T::NAME,
         splits.name,
         splits.train.len(),
         splits.test.len(),
@@ -216,7 +223,7 @@ fn train_on<B: NetBackend>(
     let summary = trainer.run(&source, Some(out), &mut obs)?;
     obs.bar.finish_and_clear();
     let value = json!({
-        "command": "train",
+        "command": if T::NAME == ClassifierTask::NAME { "train-classifier" } else { "train" },
         "run_dir": out,
         "steps": summary.steps,
         "steps_this_run": summary.steps_this_run,
@@ -229,7 +236,7 @@ fn train_on<B: NetBackend>(
         "dataset": splits.name,
         "device": device,
     });
-    Ok(value)
+    Ok((value, trainer, splits))
 }
 
 /// `scoresde train`.
@@ -240,4 +247,86 @@ pub fn run(ctx: &Ctx, args: &TrainArgs) -> Result<serde_json::Value> {
     };
     args.apply(&mut cfg, ctx.seed);
     train_run(ctx, cfg, &args.out, args.resume, args.data_path.clone())
+}
+
+/// The times at which classifier accuracy is reported.
+pub const EVAL_TIMES: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+
+/// `scoresde train-classifier`: trains, then reports the test accuracy at
+/// [`EVAL_TIMES`] (of the EMA weights, as guidance uses them).
+pub fn run_classifier(ctx: &Ctx, args: &TrainArgs) -> Result<serde_json::Value> {
+    let mut cfg: ClassifierRunConfig = match &args.config {
+        Some(p) => read_config(p)?,
+        None => ClassifierRunConfig::default(),
+    };
+    args.apply(&mut cfg, ctx.seed);
+    let (out, resume, data_path) = (&args.out, args.resume, args.data_path.clone());
+    with_backend!(ctx, b => {
+        let (mut value, trainer, splits) = train_on(ctx, b, cfg, out, resume, data_path)?;
+        let ck = train::ClassifierCheckpoint::load(out)?;
+        let model = ck.model(&trainer.backend, train::Weights::Ema)?;
+        let acc = accuracy_json(ctx, &trainer.backend, &model, &splits, &trainer.cfg)?;
+        value["test_accuracy"] = acc;
+        Ok(value)
+    })
+}
+
+/// Test accuracy of a classifier at [`EVAL_TIMES`], as JSON (and a note).
+fn accuracy_json<B: NetBackend>(
+    ctx: &Ctx,
+    b: &B,
+    model: &score_net::ClassifierModel<B, sde_core::AnySde>,
+    splits: &train::data::DataSplits,
+    cfg: &ClassifierRunConfig,
+) -> Result<serde_json::Value> {
+    let acc = train::accuracy_at_times(
+        b,
+        model,
+        &splits.test,
+        &cfg.data.transform(),
+        &EVAL_TIMES,
+        cfg.seed,
+        cfg.training.batch_size.max(1),
+    )?;
+    let line: Vec<String> = acc
+        .iter()
+        .map(|a| format!("t={:.2}: {:.1}%", a.t, 100.0 * a.accuracy))
+        .collect();
+    ctx.note(format!(
+        "test accuracy ({} images): {}",
+        splits.test.len(),
+        line.join(", ")
+    ));
+    Ok(serde_json::to_value(&acc)?)
+}
+
+/// Arguments of `scoresde eval-classifier`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EvalClassifierArgs {
+    /// Run directory (or checkpoint file) written by `scoresde train-classifier`.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Weights to use: the EMA (default) or the raw parameters.
+    #[arg(long, default_value = "ema", value_parser = crate::common::serde_enum::<train::Weights>)]
+    pub weights: train::Weights,
+    /// Where the data set lives, if not where the run found it.
+    #[arg(long)]
+    pub data_path: Option<PathBuf>,
+}
+
+/// `scoresde eval-classifier`: test accuracy at t = 0, 0.25, 0.5, 0.75, 1.
+pub fn eval_classifier(ctx: &Ctx, args: &EvalClassifierArgs) -> Result<serde_json::Value> {
+    let ck = train::ClassifierCheckpoint::load(&args.ckpt)
+        .with_context(|| format!("loading {}", args.ckpt.display()))?;
+    let splits = crate::common::load_data(&ck.config, args.data_path.clone())?;
+    with_backend!(ctx, b => {
+        let model = ck.model(&b, args.weights)?;
+        let acc = accuracy_json(ctx, &b, &model, &splits, &ck.config)?;
+        Ok(json!({
+            "command": "eval-classifier",
+            "device": sde_core::Backend::name(&b),
+            "dataset": splits.name,
+            "test_accuracy": acc,
+        }))
+    })
 }
