@@ -142,9 +142,8 @@ impl<B: Backend> Constraint<B> for KnownPixels<B> {
     }
 }
 
-/// The forward transition from time `from` back up to the later time `to`
-/// (`x_to = (m_to / m_from) x + sqrt(s_to^2 - (m_to / m_from)^2 s_from^2) z`),
-/// RePaint's "jump back".
+/// Diffuses `x` from time `from` forward to the later time `to` with the
+/// SDE's exact transition kernel (RePaint's "jump back").
 fn diffuse_forward<B: Backend, S: Sde + ?Sized>(
     b: &B,
     sde: &S,
@@ -153,13 +152,11 @@ fn diffuse_forward<B: Backend, S: Sde + ?Sized>(
     to: f64,
     rng: &mut NoiseRng,
 ) -> Result<B::Tensor> {
-    let (a, c) = (sde.marginal(from), sde.marginal(to));
-    let ratio = c.mean_coef / a.mean_coef;
-    let var = (c.std * c.std - ratio * ratio * a.std * a.std).max(0.0);
+    let k = sde.transition(from, to);
     let z = b.gaussian(b.shape(x), rng.next_key())?;
     Ok(b.lincomb(&[
-        (Coef::Scalar(ratio as f32), x),
-        (Coef::Scalar(var.sqrt() as f32), &z),
+        (Coef::Scalar(k.mean_coef as f32), x),
+        (Coef::Scalar(k.std as f32), &z),
     ])?)
 }
 
