@@ -122,11 +122,7 @@ pub fn build_with_layout<N: Network>(
 ) -> Result<(N, Vec<(String, View)>)> {
     let mut pb = ParamBuilder::new();
     let net = N::build(cfg, image_size, &mut pb, seed)?;
-    let layout = pb
-        .views()
-        .map(|(n, v)| (n.to_string(), v.clone()))
-        .collect();
-    Ok((net, layout))
+    Ok((net, pb.layout()))
 }
 
 fn tensor_name(buffer: &str, param: &str) -> String {

@@ -104,6 +104,11 @@ impl ParamBuilder {
         self.specs.iter().map(|(n, v, _)| (n.as_str(), v))
     }
 
+    /// The named views declared so far as owned pairs (what checkpoints store).
+    pub fn layout(&self) -> Vec<(String, View)> {
+        layout_of(self.views())
+    }
+
     /// Total number of scalars declared so far (alignment padding excluded).
     pub fn num_params(&self) -> usize {
         self.specs.iter().map(|(_, v, _)| v.numel()).sum()
@@ -136,6 +141,11 @@ impl ParamBuilder {
             grads,
         })
     }
+}
+
+/// Owned `(name, view)` pairs.
+fn layout_of<'a>(views: impl Iterator<Item = (&'a str, &'a View)>) -> Vec<(String, View)> {
+    views.map(|(n, v)| (n.to_string(), v.clone())).collect()
 }
 
 /// Length of a flat buffer holding `views`: the end of the last one (at
@@ -233,9 +243,7 @@ impl<B: Backend> ParamStore<B> {
 
     /// The named views as owned pairs (what checkpoints store).
     pub fn layout(&self) -> Vec<(String, View)> {
-        self.views()
-            .map(|(n, v)| (n.to_string(), v.clone()))
-            .collect()
+        layout_of(self.views())
     }
 
     /// Sets every gradient to zero.

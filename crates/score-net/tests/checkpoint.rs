@@ -81,11 +81,7 @@ fn f16_storage_and_companion_buffers() {
     let m = model();
     let p = m.store.params().data().to_vec();
     let ema: Vec<f32> = p.iter().map(|v| v * 0.5).collect();
-    let layout: Vec<(String, score_net::View)> = m
-        .store
-        .views()
-        .map(|(n, v)| (n.to_string(), v.clone()))
-        .collect();
+    let layout = m.store.layout();
     let (p32, p16) = (tmp("full.safetensors"), tmp("half.safetensors"));
     let bufs: [(&str, &[f32]); 2] = [("params", &p), ("ema", &ema)];
     checkpoint::save(
@@ -185,10 +181,7 @@ fn bad_files_are_typed_errors() {
         5,
     )
     .unwrap();
-    let layout: Vec<(String, score_net::View)> = pb
-        .views()
-        .map(|(n, v)| (n.to_string(), v.clone()))
-        .collect();
+    let layout = pb.layout();
     let total: usize = layout.iter().map(|(_, v)| v.numel()).sum();
     let p = tmp("mismatch.safetensors");
     checkpoint::save(
