@@ -11,8 +11,8 @@ use common::{gz, idx, tmp_dir, write_png};
 use sde_core::NoiseRng;
 use train::data::{
     grid_value, holdout_split, load, load_digits, load_emoji, load_fashion_mnist, load_mnist,
-    load_png_folder, parse_idx, DataConfig, DataError, Dataset, DatasetName, ImageSet, Scale,
-    Transform,
+    load_png_folder, parse_idx, png_class_names, DataConfig, DataError, Dataset, DatasetName,
+    ImageSet, Scale, Transform,
 };
 
 fn cfg(dataset: DatasetName, path: &Path) -> DataConfig {
@@ -660,6 +660,218 @@ fn png_folder_errors() {
     })
     .unwrap_err();
     assert!(matches!(e, DataError::Invalid(_)), "{e:?}");
+}
+
+/// A 3 wide, 2 high grey PNG at `path` whose pixels all equal `v`.
+fn grey_png(path: &Path, v: u8) {
+    write_png(
+        path,
+        3,
+        2,
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        &[v; 6],
+    );
+}
+
+/// The first pixel of each image of `set` as an 8-bit value.
+fn first_pixels(set: &ImageSet) -> Vec<u32> {
+    (0..set.len())
+        .map(|i| (set.image(i)[0] * 255.0).round() as u32)
+        .collect()
+}
+
+/// Classes `cat` (3 images), `ant` (1), `bee` (2) and an empty `empty`
+/// folder, created in an order that differs from the sorted one. Pixel values
+/// encode the class and the file's rank within it.
+fn labelled_fixture(name: &str) -> std::path::PathBuf {
+    let dir = tmp_dir(name);
+    for (class, files) in [
+        ("cat", &[("z.png", 32u8), ("b.png", 31), ("a.png", 30)][..]),
+        ("ant", &[("only.PNG", 10)][..]),
+        ("bee", &[("2.png", 21), ("1.png", 20)][..]),
+    ] {
+        let sub = dir.join(class);
+        std::fs::create_dir(&sub).unwrap();
+        for &(file, v) in files {
+            grey_png(&sub.join(file), v);
+        }
+    }
+    std::fs::create_dir(dir.join("empty")).unwrap();
+    std::fs::write(dir.join("empty/readme.txt"), "no images").unwrap();
+    std::fs::write(dir.join("notes.txt"), "not an image").unwrap();
+    dir
+}
+
+#[test]
+fn png_folder_labelled_by_sub_folder() {
+    let dir = labelled_fixture("png-classes");
+    let set = load_png_folder(&dir).unwrap();
+    assert_eq!(set.len(), 6);
+    assert_eq!(set.image_shape(), [1, 2, 3]);
+    assert_eq!(set.levels(), 256);
+    // Classes by name (ant, bee, cat; `empty` skipped), files by name within.
+    assert_eq!(set.num_classes(), Some(3));
+    assert_eq!(set.labels(), Some(&[0, 1, 1, 2, 2, 2][..]));
+    assert_eq!(first_pixels(&set), [10, 20, 21, 30, 31, 32]);
+    assert_eq!(
+        png_class_names(&dir).unwrap(),
+        Some(vec!["ant".to_string(), "bee".into(), "cat".into()])
+    );
+}
+
+#[test]
+fn png_class_folders_sort_by_byte_order() {
+    let dir = tmp_dir("png-class-order");
+    // Byte order: upper case before lower case, "10" before "9".
+    for (class, v) in [("a", 1u8), ("B", 2), ("9", 3), ("10", 4)] {
+        std::fs::create_dir(dir.join(class)).unwrap();
+        grey_png(&dir.join(class).join("x.png"), v);
+    }
+    let names = png_class_names(&dir).unwrap().unwrap();
+    assert_eq!(names, ["10", "9", "B", "a"]);
+    let set = load_png_folder(&dir).unwrap();
+    assert_eq!(set.num_classes(), Some(4));
+    assert_eq!(set.labels(), Some(&[0, 1, 2, 3][..]));
+    assert_eq!(first_pixels(&set), [4, 3, 2, 1]);
+}
+
+#[test]
+fn png_single_class_folder_is_labelled() {
+    let dir = tmp_dir("png-one-class");
+    std::fs::create_dir(dir.join("only")).unwrap();
+    grey_png(&dir.join("only/a.png"), 5);
+    grey_png(&dir.join("only/b.png"), 6);
+    std::fs::create_dir(dir.join("nothing")).unwrap();
+    let set = load_png_folder(&dir).unwrap();
+    assert_eq!(
+        (set.num_classes(), set.labels()),
+        (Some(1), Some(&[0, 0][..]))
+    );
+    assert_eq!(
+        png_class_names(&dir).unwrap(),
+        Some(vec!["only".to_string()])
+    );
+}
+
+#[test]
+fn png_top_level_files_take_precedence_over_class_folders() {
+    let dir = labelled_fixture("png-precedence");
+    grey_png(&dir.join("top.png"), 99);
+    let set = load_png_folder(&dir).unwrap();
+    assert_eq!(set.len(), 1);
+    assert_eq!((set.labels(), set.num_classes()), (None, None));
+    assert_eq!(first_pixels(&set), [99]);
+    assert_eq!(png_class_names(&dir).unwrap(), None);
+}
+
+#[test]
+fn png_class_folders_mixed_sizes_and_channels() {
+    // Grey and colour across classes: grey is repeated into three channels.
+    let dir = tmp_dir("png-class-rgb");
+    std::fs::create_dir(dir.join("a")).unwrap();
+    std::fs::create_dir(dir.join("b")).unwrap();
+    grey_png(&dir.join("a/x.png"), 7);
+    let rgb: Vec<u8> = (0..18).collect();
+    write_png(
+        &dir.join("b/y.png"),
+        3,
+        2,
+        png::ColorType::Rgb,
+        png::BitDepth::Eight,
+        &rgb,
+    );
+    let set = load_png_folder(&dir).unwrap();
+    assert_eq!(set.image_shape(), [3, 2, 3]);
+    assert_eq!(set.image(0), &[grid_value(7, 256); 18][..]);
+    assert_eq!(set.labels(), Some(&[0, 1][..]));
+    // Sizes differing across classes name both files.
+    let dir = tmp_dir("png-class-mixed");
+    std::fs::create_dir(dir.join("a")).unwrap();
+    std::fs::create_dir(dir.join("b")).unwrap();
+    grey_png(&dir.join("a/first.png"), 0);
+    grey_png(&dir.join("b/ok.png"), 0);
+    write_png(
+        &dir.join("b/tall.png"),
+        2,
+        3,
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        &[0; 6],
+    );
+    match load_png_folder(&dir) {
+        Err(e @ DataError::MixedSizes { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("first.png") && msg.contains("tall.png"),
+                "{msg}"
+            );
+            assert!(msg.contains("3x2") && msg.contains("2x3"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn png_folder_without_images_in_either_layout_is_not_found() {
+    let dir = tmp_dir("png-empty-classes");
+    std::fs::create_dir(dir.join("a")).unwrap();
+    std::fs::create_dir_all(dir.join("b/deeper")).unwrap();
+    // Only direct children count: a PNG two levels down is not a class.
+    grey_png(&dir.join("b/deeper/x.png"), 0);
+    std::fs::write(dir.join("a/x.txt"), "text").unwrap();
+    for e in [
+        load_png_folder(&dir).unwrap_err(),
+        png_class_names(&dir).unwrap_err(),
+        load(&cfg(DatasetName::Png, &dir)).unwrap_err(),
+    ] {
+        assert!(matches!(e, DataError::NotFound { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("sub-folder") && msg.contains("in the folder"),
+            "{msg}"
+        );
+    }
+    let missing = dir.join("nope");
+    assert!(matches!(
+        png_class_names(&missing),
+        Err(DataError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn png_labelled_split_keeps_labels() {
+    let dir = tmp_dir("png-class-split");
+    // 3 classes of 4, 6 and 10 images; the pixel value encodes the class.
+    for (class, n, v) in [("x", 4, 10u8), ("y", 6, 20), ("z", 10, 30)] {
+        std::fs::create_dir(dir.join(class)).unwrap();
+        for i in 0..n {
+            grey_png(&dir.join(class).join(format!("{i:02}.png")), v + i as u8);
+        }
+    }
+    let all = load_png_folder(&dir).unwrap();
+    let s = load(&DataConfig {
+        test_fraction: 0.25,
+        ..cfg(DatasetName::Png, &dir)
+    })
+    .unwrap();
+    assert_eq!((s.train.len(), s.test.len()), (15, 5));
+    for part in [&s.train, &s.test] {
+        assert_eq!(part.num_classes(), Some(3));
+        assert!(part.labels().is_some());
+        for i in 0..part.len() {
+            let px = (part.image(i)[0] * 255.0).round() as u32;
+            assert_eq!(
+                part.label(i),
+                Some(px / 10 - 1),
+                "image {i} with pixel {px}"
+            );
+        }
+    }
+    let mut both = keys(&s.train);
+    both.extend(keys(&s.test));
+    both.sort();
+    assert_eq!(both, keys(&all));
 }
 
 // ----------------------------------------------------------------- config

