@@ -95,10 +95,12 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> Result<serde_json::Value> {
             steps: Some(args.sample_steps),
         },
         sampler: SamplerKind::Pc,
-        predictor: PredictorKind::ReverseDiffusion,
-        corrector: CorrectorKind::Langevin,
-        snr: 0.16,
-        corrector_steps: 1,
+        pc: gen::PcArgs {
+            predictor: PredictorKind::ReverseDiffusion,
+            corrector: CorrectorKind::Langevin,
+            snr: 0.16,
+            corrector_steps: 1,
+        },
         ode: OdeArgs {
             rtol: 1e-5,
             atol: 1e-5,

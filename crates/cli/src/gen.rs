@@ -108,18 +108,8 @@ pub struct SampleArgs {
     /// Sampler.
     #[arg(long, value_enum, default_value_t = SamplerKind::Pc)]
     pub sampler: SamplerKind,
-    /// Predictor (euler-maruyama, reverse-diffusion, ancestral, none).
-    #[arg(long, default_value = "reverse-diffusion", value_parser = serde_enum::<PredictorKind>)]
-    pub predictor: PredictorKind,
-    /// Corrector (langevin, annealed-langevin, none).
-    #[arg(long, default_value = "langevin", value_parser = serde_enum::<CorrectorKind>)]
-    pub corrector: CorrectorKind,
-    /// Signal-to-noise ratio of the corrector.
-    #[arg(long, default_value_t = 0.16)]
-    pub snr: f64,
-    /// Corrector steps per noise level.
-    #[arg(long, default_value_t = 1)]
-    pub corrector_steps: usize,
+    #[command(flatten)]
+    pub pc: PcArgs,
     #[command(flatten)]
     pub ode: OdeArgs,
     /// Number of samples (per class with `--class`).
@@ -148,10 +138,50 @@ pub struct SampleArgs {
     pub npy: Option<PathBuf>,
 }
 
+/// The predictor–corrector sampler's settings (the paper's defaults).
+#[derive(Clone, Debug, clap::Args)]
+pub struct PcArgs {
+    /// Predictor (euler-maruyama, reverse-diffusion, ancestral, none).
+    #[arg(long, default_value = "reverse-diffusion", value_parser = serde_enum::<PredictorKind>)]
+    pub predictor: PredictorKind,
+    /// Corrector (langevin, annealed-langevin, none).
+    #[arg(long, default_value = "langevin", value_parser = serde_enum::<CorrectorKind>)]
+    pub corrector: CorrectorKind,
+    /// Signal-to-noise ratio of the corrector.
+    #[arg(long, default_value_t = 0.16)]
+    pub snr: f64,
+    /// Corrector steps per noise level.
+    #[arg(long, default_value_t = 1)]
+    pub corrector_steps: usize,
+}
+
+impl PcArgs {
+    /// The sampler configuration (other fields at their defaults).
+    pub fn config(&self) -> PcConfig {
+        PcConfig {
+            predictor: self.predictor,
+            corrector: self.corrector,
+            snr: self.snr,
+            corrector_steps: self.corrector_steps,
+            ..PcConfig::default()
+        }
+    }
+}
+
 /// Progress and Ctrl-C for the PC sampler.
-struct PcHooks<'a> {
+pub(crate) struct PcHooks<'a> {
     bar: &'a indicatif::ProgressBar,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<'a> PcHooks<'a> {
+    /// Moves `bar` to each finished level and stops once Ctrl-C was pressed.
+    pub(crate) fn new(bar: &'a indicatif::ProgressBar) -> Self {
+        PcHooks {
+            bar,
+            stop: crate::common::interrupted(),
+        }
+    }
 }
 
 impl<B: Backend> SamplerHooks<B> for PcHooks<'_> {
@@ -191,18 +221,9 @@ pub fn draw_samples<B: NetBackend>(
         };
         let x = match args.sampler {
             SamplerKind::Pc => {
-                let cfg = PcConfig {
-                    predictor: args.predictor,
-                    corrector: args.corrector,
-                    snr: args.snr,
-                    corrector_steps: args.corrector_steps,
-                    ..PcConfig::default()
-                };
+                let cfg = args.pc.config();
                 let bar = ctx.bar(m.model.sde.num_steps() as u64, "sample");
-                let mut hooks = PcHooks {
-                    bar: &bar,
-                    stop: crate::common::interrupted(),
-                };
+                let mut hooks = PcHooks::new(&bar);
                 let o = solvers::pc_sample(
                     b,
                     &m.model.sde,
@@ -523,9 +544,10 @@ pub struct EncodeArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct ImageInputs {
     /// PNG images (each must match the model's size and channels).
-    #[arg(long, num_args = 1..)]
+    #[arg(long, num_args = 1.., visible_alias = "image")]
     pub input: Vec<PathBuf>,
-    /// Or: indices into the test split of the run's data set (`--index 3,17`).
+    /// Or: indices into the test split of the run's data set (`--index 3,17`;
+    /// `inpaint` and `colorize` take `--split`).
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub index: Vec<usize>,
     /// Where the data set lives, if not where it was at training time.
@@ -536,45 +558,74 @@ pub struct ImageInputs {
 impl ImageInputs {
     /// The images, in the model's data range.
     fn load<B: NetBackend>(&self, m: &Loaded<B>) -> Result<Vec<f32>> {
-        let (input, index, data_path) = (&self.input, &self.index, self.data_path.clone());
-        let (low, high) = m.range();
-        match (input.is_empty(), index.is_empty()) {
-            (false, true) => {
-                let mut out = Vec::new();
-                for p in input {
-                    let (shape, v) = train::images::read_png(p)?;
-                    if shape != m.image_shape() {
-                        bail!(
-                            "{} is {:?}, the model expects {:?}",
-                            p.display(),
-                            shape,
-                            m.image_shape()
-                        );
-                    }
-                    out.extend(
-                        v.iter()
-                            .map(|&x| (low + f64::from(x) * (high - low)) as f32),
-                    );
-                }
-                Ok(out)
-            }
-            (true, false) => {
-                let splits = crate::common::load_data(&m.ck.config, data_path)?;
-                if let Some(&bad) = index.iter().find(|&&i| i >= splits.test.len()) {
-                    bail!(
-                        "--index {bad} is out of range: the test split has {} images",
-                        splits.test.len()
-                    );
-                }
-                let t = Transform {
-                    scale: m.ck.config.data.scale,
-                    dequantize: false,
-                    random_flip: false,
-                };
-                Ok(splits.test.batch(index, &t, &mut NoiseRng::new(0)))
-            }
-            _ => bail!("give either --input PNG... or --index I,J,... (exactly one of them)"),
+        let c = m.image_shape()[0];
+        Ok(self
+            .load_each(m, false, &[c])?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Checks that exactly one of `--input` and `--index` was given.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.input.is_empty() == self.index.is_empty() {
+            bail!("give either --input PNG... or --index I,J,... (exactly one of them)");
         }
+        Ok(())
+    }
+
+    /// Each image, in the model's data range: the PNG files (of the model's
+    /// height and width, with one of `channels` channels), or the images
+    /// `--index` picks from the test split (the training split if `train`).
+    pub(crate) fn load_each<B: NetBackend>(
+        &self,
+        m: &Loaded<B>,
+        train: bool,
+        channels: &[usize],
+    ) -> Result<Vec<Vec<f32>>> {
+        self.check()?;
+        let (low, high) = m.range();
+        let [_, h, w] = m.image_shape();
+        if self.index.is_empty() {
+            let mut out = Vec::new();
+            for p in &self.input {
+                let (shape, v) = train::images::read_png(p)?;
+                if shape[1..] != [h, w] || !channels.contains(&shape[0]) {
+                    bail!(
+                        "{} is {:?}, the model expects {:?}",
+                        p.display(),
+                        shape,
+                        m.image_shape()
+                    );
+                }
+                out.push(
+                    v.iter()
+                        .map(|&x| (low + f64::from(x) * (high - low)) as f32)
+                        .collect(),
+                );
+            }
+            return Ok(out);
+        }
+        let splits = crate::common::load_data(&m.ck.config, self.data_path.clone())?;
+        let (set, name) = if train {
+            (&splits.train, "training")
+        } else {
+            (&splits.test, "test")
+        };
+        if let Some(&bad) = self.index.iter().find(|&&i| i >= set.len()) {
+            bail!(
+                "--index {bad} is out of range: the {name} split has {} images",
+                set.len()
+            );
+        }
+        let t = Transform {
+            scale: m.ck.config.data.scale,
+            dequantize: false,
+            random_flip: false,
+        };
+        let x = set.batch(&self.index, &t, &mut NoiseRng::new(0));
+        let d: usize = m.image_shape().iter().product();
+        Ok(x.chunks_exact(d).map(<[f32]>::to_vec).collect())
     }
 }
 

@@ -9,6 +9,8 @@
 //! scoresde sample --ckpt runs/digits --classifier runs/clf --class 0..9 -n 8
 //! scoresde likelihood --ckpt runs/digits --split test
 //! scoresde encode|decode|interpolate --ckpt runs/digits ...
+//! scoresde inpaint --ckpt runs/digits --index 0,1 --mask left --out inpaint.png
+//! scoresde colorize --ckpt runs/emoji --index 0,1 --out colorize.png
 //! scoresde info
 //! ```
 //! Every command takes `--json` (a JSON summary on stdout), `--seed`,
@@ -16,6 +18,7 @@
 //! exit code 1 (2 for bad arguments).
 
 mod common;
+mod cond_cmd;
 mod demo;
 mod gen;
 mod guide;
@@ -69,6 +72,10 @@ enum Cmd {
     Decode(gen::DecodeArgs),
     /// Interpolate between two images through the latent space.
     Interpolate(gen::InterpolateArgs),
+    /// Fill in a hidden region of images (replacement or RePaint resampling).
+    Inpaint(cond_cmd::InpaintArgs),
+    /// Colour grey images with an RGB model.
+    Colorize(cond_cmd::ColorizeArgs),
     /// Train on `digits`, sample a grid and report test bits/dim.
     Demo(demo::DemoArgs),
 }
@@ -180,6 +187,8 @@ fn main() -> ExitCode {
         Cmd::Encode(a) => gen::encode(&ctx, a),
         Cmd::Decode(a) => gen::decode(&ctx, a),
         Cmd::Interpolate(a) => gen::interpolate(&ctx, a),
+        Cmd::Inpaint(a) => cond_cmd::inpaint(&ctx, a),
+        Cmd::Colorize(a) => cond_cmd::colorize(&ctx, a),
         Cmd::Demo(a) => demo::run(&ctx, a),
     };
     match result {
