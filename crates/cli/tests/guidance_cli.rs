@@ -4,37 +4,11 @@
 //! malformed inputs are one-line errors before any sampling.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn run(args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_scoresde"));
-    c.env("RAYON_NUM_THREADS", "2");
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
-    }
-    c.args(args).output().unwrap()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "command failed: {}", e.trim_end());
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn one_line_error(o: &Output, code: i32, needle: &str) {
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(code), "stderr: {e}");
-    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e:?}");
-    assert!(e.contains(needle), "{e:?} lacks {needle:?}");
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("scoresde-guide-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use support::{json, one_line_error, run, tempdir};
 
 /// A tiny run configuration on 256 digits; `net` and `loss` tables given.
 fn write_config(dir: &Path, name: &str, sde: &str, net: &str, loss: &str) -> PathBuf {
@@ -58,7 +32,7 @@ const NET: &str =
 
 #[test]
 fn classifier_training_evaluation_and_guided_sampling() {
-    let dir = tempdir("e2e");
+    let dir = tempdir("guidance");
     let score_cfg = write_config(&dir, "score.toml", VP, NET, "eps = 1e-5");
     let clf_cfg = write_config(
         &dir,
