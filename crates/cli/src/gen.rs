@@ -306,7 +306,19 @@ pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
         bail!("-n must be at least 1");
     }
     let classes = match &args.class {
-        Some(spec) => Some(crate::guide::parse_classes(spec)?),
+        Some(spec) => {
+            let classes = crate::guide::parse_classes(spec)?;
+            let total = args.n.checked_mul(classes.len());
+            if total.is_none_or(|t| t > crate::guide::MAX_GUIDED_SAMPLES) {
+                bail!(
+                    "-n {} for {} classes: at most {} guided samples in one call",
+                    args.n,
+                    classes.len(),
+                    crate::guide::MAX_GUIDED_SAMPLES
+                );
+            }
+            Some(classes)
+        }
         None => None,
     };
     with_backend!(ctx, b => {

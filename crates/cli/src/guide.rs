@@ -11,6 +11,12 @@ use score_net::{ClassifierModel, NetBackend};
 use sde_core::{AnySde, Sde};
 use train::{ClassifierCheckpoint, Weights};
 
+/// The most samples one guided `sample` call draws (`-n` times the classes).
+pub const MAX_GUIDED_SAMPLES: usize = 1_000_000;
+
+/// The most classes one `--class` may name.
+const MAX_CLASSES: u32 = 10_000;
+
 /// Parses `3`, `0..9` (inclusive) or `1,4,7` into class labels.
 pub fn parse_classes(spec: &str) -> Result<Vec<u32>> {
     let bad = || {
@@ -24,14 +30,20 @@ pub fn parse_classes(spec: &str) -> Result<Vec<u32>> {
         if a > b {
             bail!("--class {spec:?}: the range is empty");
         }
+        if b - a >= MAX_CLASSES {
+            bail!("--class {spec:?}: at most {MAX_CLASSES} classes");
+        }
         (a..=b).collect()
     } else {
         spec.split(',')
             .map(|s| s.trim().parse().map_err(|_| bad()))
             .collect::<Result<_>>()?
     };
-    if labels.is_empty() || labels.len() > 10_000 {
+    if labels.is_empty() {
         return Err(bad());
+    }
+    if labels.len() > MAX_CLASSES as usize {
+        bail!("--class {spec:?}: at most {MAX_CLASSES} classes");
     }
     Ok(labels)
 }

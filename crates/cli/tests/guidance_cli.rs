@@ -133,6 +133,12 @@ fn classifier_training_evaluation_and_guided_sampling() {
     one_line_error(&with(&["--class", "12"]), 1, "classes 0..9");
     one_line_error(&with(&["--class", "x"]), 1, "expected a class");
     one_line_error(&with(&["--class", "3..1"]), 1, "empty");
+    one_line_error(&with(&["--class", "0..4000000000"]), 1, "at most");
+    one_line_error(
+        &with(&["--class", "0..9", "-n", "18446744073709551615"]),
+        1,
+        "at most",
+    );
     one_line_error(&with(&["--class", "1", "--guidance=-1"]), 1, "--guidance");
     one_line_error(
         &run(&["sample", "--ckpt", sd, "--classifier", cd]),

@@ -13,7 +13,7 @@ use crate::time_embed;
 use crate::unet::{Unet, UnetCache, UnetConfig};
 use crate::{NetBackend, Result};
 
-/// The UNet as a score model for an SDE (SPEC.md section 4): VP / sub-VP nets
+/// The UNet as a score model for an SDE (Song et al. 2021, section 4): VP / sub-VP nets
 /// see `999 t` and predict noise (`score = -out / s(t)`); VE nets see `sigma(t)`
 /// (positional) or `ln sigma(t)` (Fourier) and are scaled (`score = out / sigma(t)`).
 #[derive(Clone, Debug)]
