@@ -30,7 +30,8 @@ use sde_core::{NoiseRng, Sde, Shape};
 use serde_json::json;
 
 use crate::common::{chunks, with_backend, Ctx};
-use crate::gen::{write_grid, ImageInputs, Loaded, ModelArgs, PcArgs, PcHooks};
+use crate::gen::{write_grid, Loaded, ModelArgs, PcArgs, PcHooks};
+use crate::latent_cmd::ImageInputs;
 
 /// Which split `--index` reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

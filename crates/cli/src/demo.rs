@@ -159,6 +159,7 @@ fn demo_bpd<B: NetBackend>(
         rtol: 1e-4,
         atol: 1e-4,
     };
-    let lcfg = gen::likelihood_config(&m, splits.test.levels(), &ode, false, 1, true);
-    gen::bits_per_dim(ctx, &m, &splits.test, n, 64, &lcfg)
+    let lcfg =
+        crate::likelihood_cmd::likelihood_config(&m, splits.test.levels(), &ode, false, 1, true);
+    crate::likelihood_cmd::bits_per_dim(ctx, &m, &splits.test, n, 64, &lcfg)
 }

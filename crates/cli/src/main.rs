@@ -22,6 +22,8 @@ mod cond_cmd;
 mod demo;
 mod gen;
 mod guide;
+mod latent_cmd;
+mod likelihood_cmd;
 mod train_cmd;
 
 use std::process::ExitCode;
@@ -65,13 +67,13 @@ enum Cmd {
     /// Draw samples (PC sampler or probability-flow ODE) into a PNG grid.
     Sample(gen::SampleArgs),
     /// Bits/dim of a data split under the probability-flow ODE.
-    Likelihood(gen::LikelihoodArgs),
+    Likelihood(likelihood_cmd::LikelihoodArgs),
     /// Map images to latent codes with the probability-flow ODE.
-    Encode(gen::EncodeArgs),
+    Encode(latent_cmd::EncodeArgs),
     /// Map latent codes back to images.
-    Decode(gen::DecodeArgs),
+    Decode(latent_cmd::DecodeArgs),
     /// Interpolate between two images through the latent space.
-    Interpolate(gen::InterpolateArgs),
+    Interpolate(latent_cmd::InterpolateArgs),
     /// Fill in a hidden region of images (replacement or RePaint resampling).
     Inpaint(cond_cmd::InpaintArgs),
     /// Colour grey images with an RGB model.
@@ -183,10 +185,10 @@ fn main() -> ExitCode {
         Cmd::TrainClassifier(a) => train_cmd::run_classifier(&ctx, a),
         Cmd::EvalClassifier(a) => train_cmd::eval_classifier(&ctx, a),
         Cmd::Sample(a) => gen::sample(&ctx, a),
-        Cmd::Likelihood(a) => gen::likelihood(&ctx, a),
-        Cmd::Encode(a) => gen::encode(&ctx, a),
-        Cmd::Decode(a) => gen::decode(&ctx, a),
-        Cmd::Interpolate(a) => gen::interpolate(&ctx, a),
+        Cmd::Likelihood(a) => likelihood_cmd::likelihood(&ctx, a),
+        Cmd::Encode(a) => latent_cmd::encode(&ctx, a),
+        Cmd::Decode(a) => latent_cmd::decode(&ctx, a),
+        Cmd::Interpolate(a) => latent_cmd::interpolate(&ctx, a),
         Cmd::Inpaint(a) => cond_cmd::inpaint(&ctx, a),
         Cmd::Colorize(a) => cond_cmd::colorize(&ctx, a),
         Cmd::Demo(a) => demo::run(&ctx, a),
