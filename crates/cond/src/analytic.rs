@@ -6,7 +6,7 @@
 //! component `k` exactly (for `w = 1`). The ground truth the guidance tests
 //! use; also handy to try guidance without training anything.
 
-use sde_core::analytic::FullMixture;
+use sde_core::analytic::{FullMixture, FullMixtureScore};
 use sde_core::{Backend, Sde};
 
 use crate::guidance::TimeClassifier;
@@ -14,20 +14,22 @@ use crate::guidance::TimeClassifier;
 /// The exact class posterior of a [`FullMixture`] perturbed by an SDE.
 #[derive(Clone, Debug)]
 pub struct ExactClassifier<S> {
-    data: FullMixture,
-    sde: S,
+    // Its `marginal_at` gives the perturbed mixture (checking the time).
+    model: FullMixtureScore<S>,
 }
 
 impl<S: Sde> ExactClassifier<S> {
     /// The classifier of `data`'s components under `sde`.
     pub fn new(data: FullMixture, sde: S) -> Self {
-        ExactClassifier { data, sde }
+        ExactClassifier {
+            model: FullMixtureScore::new(data, sde),
+        }
     }
 }
 
 impl<B: Backend, S: Sde> TimeClassifier<B> for ExactClassifier<S> {
     fn num_classes(&self) -> usize {
-        self.data.weights().len()
+        self.model.data().weights().len()
     }
 
     fn log_prob_and_grad(
@@ -50,16 +52,12 @@ impl<B: Backend, S: Sde> TimeClassifier<B> for ExactClassifier<S> {
         let host = b.to_vec(x)?;
         let mut logp = Vec::with_capacity(n);
         let mut grad = Vec::with_capacity(n * d);
+        // The perturbed mixture is kept while consecutive samples share a time.
         let mut cached: Option<(f64, FullMixture)> = None;
         for (i, (&tn, &y)) in t.iter().zip(labels).enumerate() {
-            let marg = match &cached {
-                Some((tc, m)) if *tc == tn => m.clone(),
-                _ => {
-                    let k = self.sde.marginal(tn);
-                    let m = self.data.perturbed(k.mean_coef, k.std)?;
-                    cached = Some((tn, m.clone()));
-                    m
-                }
+            let marg = match cached.take() {
+                Some((tc, m)) if tc == tn => m,
+                _ => self.model.marginal_at(tn)?,
             };
             let xi: Vec<f64> = host[i * d..(i + 1) * d].iter().map(|&v| v as f64).collect();
             let lp = marg.class_log_posterior(&xi)?;
@@ -75,6 +73,7 @@ impl<B: Backend, S: Sde> TimeClassifier<B> for ExactClassifier<S> {
                     .into_iter()
                     .map(|g| g as f32),
             );
+            cached = Some((tn, marg));
         }
         Ok((logp, b.tensor(grad, &shape)?))
     }

@@ -122,12 +122,16 @@ impl<B: Backend> Constraint<B> for GreyLevels {
         update: Update<B::Tensor>,
         t: &[f64],
         rng: &mut NoiseRng,
-    ) -> Result<Update<B::Tensor>> {
+    ) -> sde_core::Result<Update<B::Tensor>> {
         let d = self.shape.dims();
         let hw = d[2] * d[3];
-        ensure(t.len() == d[0], "times", || {
-            format!("{} times for a batch of {}", t.len(), d[0])
-        })?;
+        if t.len() != d[0] {
+            return Err(sde_core::Error::BatchMismatch {
+                op: "colorize (times)",
+                expected: d[0],
+                got: t.len(),
+            });
+        }
         sde_core::backend::check_same_shape("colorize", &self.shape, b.shape(&update.x))?;
         sde_core::backend::check_same_shape("colorize", &self.shape, b.shape(&update.x_mean))?;
         let mut z = vec![0.0f32; self.known.len()];

@@ -22,8 +22,7 @@
 
 use sde_core::sde::linspace;
 use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
-use solvers::pc::{corrector_update, predictor_update};
-use solvers::{PcConfig, SampleOutput, SamplerHooks, SolverError, StepInfo, Update};
+use solvers::{pc_level, PcConfig, SampleOutput, SamplerHooks, SolverError, StepInfo, Update};
 
 use crate::error::{ensure, CondError, Result};
 
@@ -65,7 +64,7 @@ pub trait Constraint<B: Backend> {
         update: Update<B::Tensor>,
         t: &[f64],
         rng: &mut NoiseRng,
-    ) -> Result<Update<B::Tensor>>;
+    ) -> sde_core::Result<Update<B::Tensor>>;
 }
 
 /// Known pixels: data `y` where `mask = 1`.
@@ -127,7 +126,7 @@ impl<B: Backend> Constraint<B> for KnownPixels<B> {
         update: Update<B::Tensor>,
         t: &[f64],
         rng: &mut NoiseRng,
-    ) -> Result<Update<B::Tensor>> {
+    ) -> sde_core::Result<Update<B::Tensor>> {
         let z = b.gaussian(&self.shape, rng.next_key())?;
         let noisy = sde.perturb(b, &self.data, &z, t)?;
         let m: Vec<f32> = t
@@ -160,11 +159,42 @@ fn diffuse_forward<B: Backend, S: Sde + ?Sized>(
     ])?)
 }
 
+/// The constraint as sampler hooks: every update is projected, then handed
+/// to the caller's hooks.
+struct Projected<'a, K: ?Sized, S: ?Sized, H: ?Sized> {
+    constraint: &'a K,
+    sde: &'a S,
+    inner: &'a mut H,
+}
+
+impl<B, K, S, H> SamplerHooks<B> for Projected<'_, K, S, H>
+where
+    B: Backend,
+    K: Constraint<B> + ?Sized,
+    S: Sde + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
+{
+    fn after_update(
+        &mut self,
+        b: &B,
+        update: Update<B::Tensor>,
+        t: &[f64],
+        rng: &mut NoiseRng,
+    ) -> solvers::Result<Update<B::Tensor>> {
+        let u = self.constraint.project(b, self.sde, update, t, rng)?;
+        self.inner.after_update(b, u, t, rng)
+    }
+
+    fn on_step(&mut self, info: &StepInfo) -> std::ops::ControlFlow<()> {
+        self.inner.on_step(info)
+    }
+}
+
 /// Predictor–corrector sampling under a constraint: starts from the prior
 /// projected at `T`, and after every corrector and predictor update projects
 /// with `constraint`, then calls `hooks.after_update` (and `hooks.on_step`
-/// once per level, which may interrupt). The grid is the SDE's, as in
-/// [`solvers::pc_sample`].
+/// once per level, which may interrupt). The grid is the SDE's, and each
+/// level is [`solvers::pc_level`], as in [`solvers::pc_sample`].
 #[allow(clippy::too_many_arguments)]
 pub fn sample_constrained<B, S, M, K, H>(
     b: &B,
@@ -195,46 +225,24 @@ where
     let total = grid.len();
     let x = sde.prior_sample(b, &shape, rng.next_key())?;
     let t0 = vec![sde.t_max(); batch];
-    let mut state = constraint.project(
-        b,
+    let start = Update {
+        x_mean: x.clone(),
+        x,
+    };
+    let mut state = constraint.project(b, sde, start, &t0, rng)?;
+    let mut hooks = Projected {
+        constraint,
         sde,
-        Update {
-            x_mean: x.clone(),
-            x,
-        },
-        &t0,
-        rng,
-    )?;
+        inner: hooks,
+    };
     let mut nfe = 0;
-    let use_corrector = cfg.corrector != solvers::CorrectorKind::None;
-    let use_predictor = cfg.predictor != solvers::PredictorKind::None;
     for (k, &tk) in grid.iter().enumerate() {
         let t = vec![tk; batch];
         let passes = if k + 1 < total { jumps } else { 1 };
         for pass in 0..passes {
-            if use_corrector {
-                let u = corrector_update(
-                    cfg.corrector,
-                    b,
-                    sde,
-                    model,
-                    &state.x,
-                    &t,
-                    cfg.snr,
-                    cfg.corrector_steps,
-                    cfg.norm,
-                    rng,
-                )?;
-                nfe += cfg.corrector_steps;
-                let u = constraint.project(b, sde, u, &t, rng)?;
-                state = hooks.after_update(b, u, &t, rng)?;
-            }
-            if use_predictor {
-                let u = predictor_update(cfg.predictor, b, sde, model, &state.x, &t, rng)?;
-                nfe += 1;
-                let u = constraint.project(b, sde, u, &t, rng)?;
-                state = hooks.after_update(b, u, &t, rng)?;
-            }
+            let (next, cost) = pc_level(b, sde, model, state, &t, cfg, rng, &mut hooks)?;
+            state = next;
+            nfe += cost;
             if pass + 1 < passes {
                 let x = diffuse_forward(b, sde, &state.x, grid[k + 1], tk, rng)?;
                 state = Update {

@@ -48,4 +48,6 @@ pub use likelihood::{
     likelihood, DataScale, Divergence, LikelihoodConfig, LikelihoodOutput, Probe,
 };
 pub use ode::{decode, encode, integrate, ode_sample, OdeOutput, OdeRhs, OdeSolution};
-pub use pc::{pc_sample, pc_sample_from, Progress, SampleOutput, SamplerHooks, StepInfo, Update};
+pub use pc::{
+    pc_level, pc_sample, pc_sample_from, Progress, SampleOutput, SamplerHooks, StepInfo, Update,
+};

@@ -269,6 +269,54 @@ pub fn nfe_per_level(cfg: &PcConfig) -> usize {
     p + c
 }
 
+/// One level of the PC loop at times `t`: the corrector (unless `None`),
+/// then the predictor (unless `None`), each followed by
+/// `hooks.after_update`. Returns the new state and the score evaluations it
+/// cost. [`pc_sample_from`] runs it once per level; loops that revisit levels
+/// (RePaint-style resampling in `cond`) call it directly.
+#[allow(clippy::too_many_arguments)]
+pub fn pc_level<B, S, M, H>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    state: Update<B::Tensor>,
+    t: &[f64],
+    cfg: &PcConfig,
+    rng: &mut NoiseRng,
+    hooks: &mut H,
+) -> Result<(Update<B::Tensor>, usize)>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
+{
+    let mut state = state;
+    let mut nfe = 0;
+    if cfg.corrector != CorrectorKind::None {
+        let u = corrector_update(
+            cfg.corrector,
+            b,
+            sde,
+            model,
+            &state.x,
+            t,
+            cfg.snr,
+            cfg.corrector_steps,
+            cfg.norm,
+            rng,
+        )?;
+        nfe += cfg.corrector_steps;
+        state = hooks.after_update(b, u, t, rng)?;
+    }
+    if cfg.predictor != PredictorKind::None {
+        let u = predictor_update(cfg.predictor, b, sde, model, &state.x, t, rng)?;
+        nfe += 1;
+        state = hooks.after_update(b, u, t, rng)?;
+    }
+    Ok((state, nfe))
+}
+
 /// Predictor–corrector sampling from the prior: draws `shape` samples.
 pub fn pc_sample<B, S, M, H>(
     b: &B,
@@ -318,27 +366,9 @@ where
     let mut nfe = 0;
     for (k, &tk) in grid.iter().enumerate() {
         let t = time_vec(tk, batch);
-        if cfg.corrector != CorrectorKind::None {
-            let u = corrector_update(
-                cfg.corrector,
-                b,
-                sde,
-                model,
-                &state.x,
-                &t,
-                cfg.snr,
-                cfg.corrector_steps,
-                cfg.norm,
-                rng,
-            )?;
-            nfe += cfg.corrector_steps;
-            state = hooks.after_update(b, u, &t, rng)?;
-        }
-        if cfg.predictor != PredictorKind::None {
-            let u = predictor_update(cfg.predictor, b, sde, model, &state.x, &t, rng)?;
-            nfe += 1;
-            state = hooks.after_update(b, u, &t, rng)?;
-        }
+        let (next, cost) = pc_level(b, sde, model, state, &t, cfg, rng, hooks)?;
+        state = next;
+        nfe += cost;
         let info = StepInfo {
             step: k + 1,
             total,
