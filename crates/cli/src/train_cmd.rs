@@ -263,8 +263,9 @@ pub fn run_classifier(ctx: &Ctx, args: &TrainArgs) -> Result<serde_json::Value> 
     let (out, resume, data_path) = (&args.out, args.resume, args.data_path.clone());
     with_backend!(ctx, b => {
         let (mut value, trainer, splits) = train_on(ctx, b, cfg, out, resume, data_path)?;
-        let ck = train::ClassifierCheckpoint::load(out)?;
-        let model = ck.model(&trainer.backend, train::Weights::Ema)?;
+        // The EMA weights the checkpoint just stored, taken from memory.
+        let mut model = trainer.model.clone();
+        model.store.set_params(&trainer.backend, trainer.ema.shadow.clone())?;
         let acc = accuracy_json(ctx, &trainer.backend, &model, &splits, &trainer.cfg)?;
         value["test_accuracy"] = acc;
         Ok(value)

@@ -225,19 +225,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reads the file and its header metadata.
+/// Reads the file and parses its header (the tensors are checked by
+/// [`load_container`]).
 fn read_file(path: &Path) -> Result<(Vec<u8>, HashMap<String, String>)> {
     let raw = std::fs::read(path).map_err(|source| NetError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    SafeTensors::deserialize(&raw)
+    let (_, meta) = SafeTensors::read_metadata(&raw)
         .map_err(|e| bad(path, format!("not a valid safetensors file ({e})")))?;
-    let (_, meta) = SafeTensors::read_metadata(&raw).map_err(|e| bad(path, e.to_string()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     Ok((raw, meta))
 }
 
-/// The format tag of the checkpoint at `path` (to tell which network it holds).
+/// The format tag of the checkpoint at `path` (to tell which network it
+/// holds), from the file's header.
 pub fn peek_format(path: &Path) -> Result<String> {
     let (_, meta) = read_file(path)?;
     meta.get("format").cloned().ok_or_else(|| {
