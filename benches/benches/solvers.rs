@@ -80,8 +80,16 @@ fn bench_solvers(c: &mut Criterion) {
             BenchmarkId::new("ode_solve_16d-x64", format!("tol{tol:e}")),
             |bch| {
                 bch.iter(|| {
-                    let out = ode_sample(&b, &sde, &model, &shape, &cfg, &mut NoiseRng::new(3))
-                        .expect("ode");
+                    let out = ode_sample(
+                        &b,
+                        &sde,
+                        &model,
+                        &shape,
+                        &cfg,
+                        &mut NoiseRng::new(3),
+                        &mut (),
+                    )
+                    .expect("ode");
                     b.sync().expect("sync");
                     out.nfe
                 })

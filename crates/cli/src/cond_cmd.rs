@@ -30,8 +30,9 @@ use sde_core::{NoiseRng, Sde, Shape};
 use serde_json::json;
 
 use crate::common::{chunks, with_backend, Ctx};
-use crate::gen::{write_grid, Loaded, ModelArgs, PcArgs, PcHooks};
+use crate::gen::{write_grid, Loaded, ModelArgs, PcArgs};
 use crate::latent_cmd::ImageInputs;
+use crate::sampler_args::CliHooks;
 
 /// Which split `--index` reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -239,7 +240,7 @@ impl CondArgs {
         for r in chunks(n, self.batch_size as usize) {
             let k = make(r)?;
             let bar = ctx.bar(m.model.sde.num_steps() as u64, what);
-            let mut hooks = PcHooks::new(&bar);
+            let mut hooks = CliHooks::new(&bar);
             let o = cond::sample_constrained(
                 &m.b,
                 &m.model.sde,

@@ -94,16 +94,22 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> Result<serde_json::Value> {
             weights: Weights::Ema,
             steps: Some(args.sample_steps),
         },
-        sampler: SamplerKind::Pc,
-        pc: gen::PcArgs {
-            predictor: PredictorKind::ReverseDiffusion,
-            corrector: CorrectorKind::Langevin,
-            snr: 0.16,
-            corrector_steps: 1,
-        },
-        ode: OdeArgs {
-            rtol: 1e-5,
-            atol: 1e-5,
+        sampler: gen::SamplerArgs {
+            sampler: SamplerKind::Pc,
+            sampler_config: None,
+            grid: None,
+            eta: None,
+            stochasticity: None,
+            pc: gen::PcArgs {
+                predictor: PredictorKind::ReverseDiffusion,
+                corrector: CorrectorKind::Langevin,
+                snr: 0.16,
+                corrector_steps: 1,
+            },
+            ode: OdeArgs {
+                rtol: 1e-5,
+                atol: 1e-5,
+            },
         },
         n: 64,
         classifier: None,

@@ -8,12 +8,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use score_net::NetBackend;
-use sde_core::{AnySde, Backend, NoiseRng, ScoreModel, Sde, Shape};
+use sde_core::{AnySde, NoiseRng, ScoreModel, Shape};
 use serde_json::json;
-use solvers::{CorrectorKind, OdeConfig, PcConfig, PredictorKind, SamplerHooks, StepInfo};
+use solvers::SamplerConfig;
 use train::{TrainingCheckpoint, Weights};
 
-use crate::common::{chunks, serde_enum, with_backend, Ctx, UserInterrupt, Watched};
+use crate::common::{chunks, serde_enum, with_backend, Ctx, UserInterrupt};
+use crate::sampler_args::{progress_bar, CliHooks};
+pub use crate::sampler_args::{OdeArgs, PcArgs, SamplerArgs, SamplerKind};
 
 /// Which checkpoint and weights to use.
 #[derive(Clone, Debug, clap::Args)]
@@ -24,30 +26,11 @@ pub struct ModelArgs {
     /// Weights to use: the EMA (default, as in the paper) or the raw parameters.
     #[arg(long, default_value = "ema", value_parser = serde_enum::<Weights>)]
     pub weights: Weights,
-    /// Override the SDE's number of discretisation steps N (PC samplers).
+    /// Sampler steps: the fast samplers' step count; for PC (and inpaint,
+    /// colorize) the SDE's number of discretisation steps N, whose grid its
+    /// predictors need.
     #[arg(long)]
     pub steps: Option<usize>,
-}
-
-/// ODE tolerances.
-#[derive(Clone, Debug, clap::Args)]
-pub struct OdeArgs {
-    /// Relative tolerance of the RK45 solver.
-    #[arg(long, default_value_t = 1e-5)]
-    pub rtol: f64,
-    /// Absolute tolerance of the RK45 solver.
-    #[arg(long, default_value_t = 1e-5)]
-    pub atol: f64,
-}
-
-impl OdeArgs {
-    pub(crate) fn config(&self) -> OdeConfig {
-        OdeConfig {
-            rtol: self.rtol,
-            atol: self.atol,
-            ..OdeConfig::default()
-        }
-    }
 }
 
 /// A loaded model with its run configuration, on the backend it runs on.
@@ -88,27 +71,13 @@ impl<B: NetBackend> Loaded<B> {
     }
 }
 
-/// Which sampler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SamplerKind {
-    /// Predictor–corrector.
-    Pc,
-    /// Probability-flow ODE (adaptive RK45).
-    Ode,
-}
-
 /// Arguments of `scoresde sample`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SampleArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Sampler.
-    #[arg(long, value_enum, default_value_t = SamplerKind::Pc)]
-    pub sampler: SamplerKind,
     #[command(flatten)]
-    pub pc: PcArgs,
-    #[command(flatten)]
-    pub ode: OdeArgs,
+    pub sampler: SamplerArgs,
     /// Number of samples (per class with `--class`).
     #[arg(short, long, default_value_t = 64)]
     pub n: usize,
@@ -135,72 +104,17 @@ pub struct SampleArgs {
     pub npy: Option<PathBuf>,
 }
 
-/// The predictor–corrector sampler's settings (the paper's defaults).
-#[derive(Clone, Debug, clap::Args)]
-pub struct PcArgs {
-    /// Predictor (euler-maruyama, reverse-diffusion, ancestral, none).
-    #[arg(long, default_value = "reverse-diffusion", value_parser = serde_enum::<PredictorKind>)]
-    pub predictor: PredictorKind,
-    /// Corrector (langevin, annealed-langevin, none).
-    #[arg(long, default_value = "langevin", value_parser = serde_enum::<CorrectorKind>)]
-    pub corrector: CorrectorKind,
-    /// Signal-to-noise ratio of the corrector.
-    #[arg(long, default_value_t = 0.16)]
-    pub snr: f64,
-    /// Corrector steps per noise level.
-    #[arg(long, default_value_t = 1)]
-    pub corrector_steps: usize,
-}
-
-impl PcArgs {
-    /// The sampler configuration (other fields at their defaults).
-    pub fn config(&self) -> PcConfig {
-        PcConfig {
-            predictor: self.predictor,
-            corrector: self.corrector,
-            snr: self.snr,
-            corrector_steps: self.corrector_steps,
-            ..PcConfig::default()
-        }
-    }
-}
-
-/// Progress and Ctrl-C for the PC sampler.
-pub(crate) struct PcHooks<'a> {
-    bar: &'a indicatif::ProgressBar,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<'a> PcHooks<'a> {
-    /// Moves `bar` to each finished level and stops once Ctrl-C was pressed.
-    pub(crate) fn new(bar: &'a indicatif::ProgressBar) -> Self {
-        PcHooks {
-            bar,
-            stop: crate::common::interrupted(),
-        }
-    }
-}
-
-impl<B: Backend> SamplerHooks<B> for PcHooks<'_> {
-    fn on_step(&mut self, info: &StepInfo) -> std::ops::ControlFlow<()> {
-        self.bar.set_position(info.step as u64);
-        if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
-            std::ops::ControlFlow::Break(())
-        } else {
-            std::ops::ControlFlow::Continue(())
-        }
-    }
-}
-
 /// Draws `labels.len()` samples (or `args.n` without guidance), sample `i`
 /// guided towards `labels[i]`; returns the NCHW data and the total NFE.
 pub fn draw_samples<B: NetBackend>(
     ctx: &Ctx,
     m: &Loaded<B>,
     args: &SampleArgs,
+    cfg: &SamplerConfig,
     guidance: Option<(&crate::guide::Guidance<B>, &[u32])>,
 ) -> Result<(Vec<f32>, usize)> {
     let b = &m.b;
+    cfg.validate(&m.model.sde)?;
     let mut rng = NoiseRng::new(ctx.seed.unwrap_or(0));
     let mut out = Vec::new();
     let mut nfe = 0;
@@ -216,45 +130,31 @@ pub fn draw_samples<B: NetBackend>(
             )?),
             None => Box::new(&m.model),
         };
-        let x = match args.sampler {
-            SamplerKind::Pc => {
-                let cfg = args.pc.config();
-                let bar = ctx.bar(m.model.sde.num_steps() as u64, "sample");
-                let mut hooks = PcHooks::new(&bar);
-                let o = solvers::pc_sample(
-                    b,
-                    &m.model.sde,
-                    &*model,
-                    &shape,
-                    &cfg,
-                    &mut rng,
-                    &mut hooks,
-                )?;
-                bar.finish_and_clear();
-                nfe += o.nfe;
-                o.samples
-            }
-            SamplerKind::Ode => {
-                let bar = ctx.spinner("ode nfe");
-                let inner: &dyn ScoreModel<B> = &*model;
-                let w = Watched::new(&inner, &bar);
-                let o =
-                    solvers::ode_sample(b, &m.model.sde, &w, &shape, &args.ode.config(), &mut rng)
-                        .map_err(interrupt_aware)?;
-                bar.finish_and_clear();
-                nfe += o.nfe;
-                o.x
-            }
-        };
-        out.extend(b.to_vec(&x)?);
+        let bar = progress_bar(ctx, cfg, &m.model.sde, "sample");
+        let o = solvers::sample(
+            b,
+            &m.model.sde,
+            &*model,
+            &shape,
+            cfg,
+            &mut rng,
+            &mut CliHooks::new(&bar),
+        )
+        .map_err(interrupt_aware)?;
+        bar.finish_and_clear();
+        nfe += o.nfe;
+        out.extend(b.to_vec(&o.samples)?);
     }
     Ok((out, nfe))
 }
 
-/// Turns a wrapped [`UserInterrupt`] into a plain message.
+/// Turns an interruption (Ctrl-C through the hooks, or a wrapped
+/// [`UserInterrupt`]) into a plain message.
 pub fn interrupt_aware(e: solvers::SolverError) -> anyhow::Error {
     let text = e.to_string();
-    if text.contains(&UserInterrupt.to_string()) {
+    if matches!(e, solvers::SolverError::Interrupted { .. })
+        || text.contains(&UserInterrupt.to_string())
+    {
         anyhow::anyhow!("interrupted by the user")
     } else {
         e.into()
@@ -302,6 +202,7 @@ pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
     if args.n == 0 {
         bail!("-n must be at least 1");
     }
+    let cfg = args.sampler.config(args.model.steps)?;
     let classes = match &args.class {
         Some(spec) => {
             let classes = crate::guide::parse_classes(spec)?;
@@ -330,7 +231,7 @@ pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
             )?),
             _ => None,
         };
-        sample_on(ctx, m, args, guidance.as_ref())
+        sample_on(ctx, m, args, &cfg, guidance.as_ref())
     })
 }
 
@@ -338,6 +239,7 @@ fn sample_on<B: NetBackend>(
     ctx: &Ctx,
     m: Loaded<B>,
     args: &SampleArgs,
+    cfg: &SamplerConfig,
     guidance: Option<&crate::guide::Guidance<B>>,
 ) -> Result<serde_json::Value> {
     let start = Instant::now();
@@ -348,7 +250,7 @@ fn sample_on<B: NetBackend>(
             .flat_map(|&c| std::iter::repeat_n(c, args.n))
             .collect()
     });
-    let (x, nfe) = draw_samples(ctx, &m, args, guidance.zip(labels.as_deref()))?;
+    let (x, nfe) = draw_samples(ctx, &m, args, cfg, guidance.zip(labels.as_deref()))?;
     let secs = start.elapsed().as_secs_f64();
     let [c, h, w] = m.image_shape();
     let total = labels.as_ref().map_or(args.n, Vec::len);
@@ -369,7 +271,7 @@ fn sample_on<B: NetBackend>(
     Ok(json!({
         "command": "sample",
         "device": m.b.name(),
-        "sampler": format!("{:?}", args.sampler).to_lowercase(),
+        "sampler": serde_json::to_value(cfg)?,
         "n": total,
         "classes": guidance.map(|g| g.classes.clone()),
         "guidance": guidance.map(|g| g.scale),

@@ -12,8 +12,9 @@ use serde_json::json;
 use solvers::OdeConfig;
 use train::data::Transform;
 
-use crate::common::{with_backend, Ctx, Watched};
+use crate::common::{with_backend, Ctx};
 use crate::gen::{grid_cols, interrupt_aware, write_grid, Loaded, ModelArgs, OdeArgs};
+use crate::sampler_args::CliHooks;
 
 /// Arguments of `scoresde encode`.
 #[derive(Clone, Debug, clap::Args)]
@@ -142,10 +143,10 @@ fn flow<B: NetBackend>(
         Flow::Encode => "encode",
         Flow::Decode => "decode",
     });
-    let w = Watched::new(&m.model, &bar);
+    let mut hooks = CliHooks::new(&bar);
     let o = match dir {
-        Flow::Encode => solvers::encode(b, &m.model.sde, &w, x, ode),
-        Flow::Decode => solvers::decode(b, &m.model.sde, &w, x, ode),
+        Flow::Encode => solvers::encode(b, &m.model.sde, &m.model, x, ode, &mut hooks),
+        Flow::Decode => solvers::decode(b, &m.model.sde, &m.model, x, ode, &mut hooks),
     }
     .map_err(interrupt_aware)?;
     bar.finish_and_clear();

@@ -24,6 +24,7 @@ mod gen;
 mod guide;
 mod latent_cmd;
 mod likelihood_cmd;
+mod sampler_args;
 mod train_cmd;
 
 use std::process::ExitCode;

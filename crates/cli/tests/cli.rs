@@ -160,6 +160,85 @@ fn train_sample_likelihood_latents_and_resume() {
         dir.join("o.png").to_str().unwrap(),
     ]));
     assert!(o["nfe"].as_u64().unwrap() > 6);
+    assert_eq!(o["sampler"]["sampler"], "ode", "{o}");
+
+    // The fixed-step samplers: NFE as configured, the configuration in the summary.
+    for (flags, name, nfe) in [
+        (
+            &["--sampler", "dpm-solver", "--steps", "4"][..],
+            "dpm-solver",
+            4,
+        ),
+        (
+            &["--sampler", "ddim", "--steps", "3", "--eta", "1"][..],
+            "ddim",
+            3,
+        ),
+        (
+            &["--sampler", "heun", "--steps", "2", "--grid", "log-snr"][..],
+            "heun",
+            4,
+        ),
+        (
+            &[
+                "--sampler",
+                "reverse-sde",
+                "--steps",
+                "3",
+                "--stochasticity",
+                "0.5",
+            ][..],
+            "reverse-sde",
+            3,
+        ),
+    ] {
+        let mut args = vec!["sample", "--json", "--ckpt", rd, "-n", "2", "--out"];
+        let out = dir.join(format!("{name}.png"));
+        args.push(out.to_str().unwrap());
+        args.extend_from_slice(flags);
+        let v = json(&run(&args));
+        assert_eq!(v["sampler"]["sampler"], name, "{v}");
+        assert_eq!(v["nfe"].as_u64().unwrap(), nfe, "{v}");
+        assert!(out.exists());
+    }
+    // A whole sampler configuration from TOML, as recorded in the summaries.
+    let toml_path = dir.join("sampler.toml");
+    std::fs::write(
+        &toml_path,
+        "sampler = \"heun\"\nsteps = 3\ngrid = \"edm:5\"\n",
+    )
+    .unwrap();
+    let v = json(&run(&[
+        "sample",
+        "--json",
+        "--ckpt",
+        rd,
+        "-n",
+        "2",
+        "--sampler-config",
+        toml_path.to_str().unwrap(),
+        "--out",
+        dir.join("h.png").to_str().unwrap(),
+    ]));
+    assert_eq!(v["sampler"]["grid"], "edm:5", "{v}");
+    assert_eq!(v["nfe"].as_u64().unwrap(), 6, "{v}");
+    // Flags of another sampler and impossible settings are refused.
+    for (flags, expect) in [
+        (
+            &["--eta", "0.5"][..],
+            "--eta applies to --sampler ddim only",
+        ),
+        (&["--sampler", "ode", "--grid", "edm"][..], "--grid applies"),
+        (&["--sampler", "ddim", "--eta", "2"][..], "eta"),
+        (&["--sampler", "heun", "--grid", "edm:0"][..], "rho"),
+    ] {
+        let mut args = vec!["sample", "--ckpt", rd, "-n", "1"];
+        args.extend_from_slice(flags);
+        let o = run(&args);
+        assert!(!o.status.success(), "{flags:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(expect), "{flags:?}: {err}");
+    }
 
     // Bits/dim of the first test images.
     let l = json(&run(&[

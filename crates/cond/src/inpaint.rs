@@ -185,6 +185,10 @@ where
         self.inner.after_update(b, u, t, rng)
     }
 
+    fn projects(&self) -> bool {
+        true
+    }
+
     fn on_step(&mut self, info: &StepInfo) -> std::ops::ControlFlow<()> {
         self.inner.on_step(info)
     }
@@ -253,12 +257,16 @@ where
         }
         let info = StepInfo {
             step: k + 1,
-            total,
+            total: Some(total),
             t: tk,
             nfe,
         };
         if hooks.on_step(&info).is_break() {
-            return Err(SolverError::Interrupted { step: k + 1, total }.into());
+            return Err(SolverError::Interrupted {
+                step: k + 1,
+                total: Some(total),
+            }
+            .into());
         }
     }
     let samples = if cfg.denoise { state.x_mean } else { state.x };
@@ -268,7 +276,11 @@ where
             t: eps,
         })
     })?;
-    Ok(SampleOutput { samples, nfe })
+    Ok(SampleOutput {
+        samples,
+        nfe,
+        nfe_per_sample: vec![nfe; batch],
+    })
 }
 
 /// Inpaints the unknown pixels of `known` with `model` (see the module

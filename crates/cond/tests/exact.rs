@@ -89,6 +89,7 @@ fn guidance_with_the_exact_posterior_samples_the_chosen_component() {
         &shape,
         &OdeConfig::default(),
         &mut NoiseRng::new(4),
+        &mut (),
     )
     .unwrap();
     let p = p_value(&b.to_vec(&out.x).unwrap(), comp1, 103);

@@ -57,7 +57,7 @@ pub use error::{Error, Result};
 pub use model::{ScoreModel, ScoreVjp};
 pub use rng::{NoiseKey, NoiseRng};
 pub use sde::{
-    AnySde, DiscreteSchedule, Discretization, Marginal, Sde, SdeConfig, SdeExt, SdeKind, SubVpSde,
-    VeSde, VpSde,
+    AncestralStep, AnySde, DiscreteSchedule, Discretization, Marginal, Sde, SdeConfig, SdeExt,
+    SdeKind, SubVpSde, VeSde, VpSde,
 };
 pub use shape::Shape;

@@ -79,6 +79,19 @@ pub enum DiscreteSchedule<'a> {
     None,
 }
 
+/// One ancestral-sampling step from level `i` to `i - 1` of an SDE's own
+/// discretisation: `x_{i-1} = x_coef x + score_coef s(x, t_i) + noise_std z`
+/// (SMLD for VE, DDPM for VP; Song et al. 2021, appendix F).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AncestralStep {
+    /// Multiplies the state.
+    pub x_coef: f64,
+    /// Multiplies the score.
+    pub score_coef: f64,
+    /// Standard deviation of the added noise.
+    pub noise_std: f64,
+}
+
 /// A forward SDE with affine drift `f(x,t) = a(t) x` and diffusion `g(t)`.
 pub trait Sde: Send + Sync + std::fmt::Debug {
     /// The family.
@@ -136,6 +149,33 @@ pub trait Sde: Send + Sync + std::fmt::Debug {
         DiscreteSchedule::None
     }
 
+    /// The scale `a` of the Langevin corrector's step `e = 2 a (r |z| / |s|)^2`
+    /// at time `t`: 1 for VE, `alpha_i` of the discrete DDPM schedule for VP
+    /// and sub-VP (the reference code crashes for sub-VP; here it uses the
+    /// schedule sub-VP shares with VP).
+    fn langevin_alpha(&self, t: f64) -> f64 {
+        match self.discrete_schedule() {
+            DiscreteSchedule::Betas(d) => d.alphas[self.step_index(t)],
+            _ => 1.0,
+        }
+    }
+
+    /// The ancestral step at time `t` (its discrete level `step_index(t)`), or
+    /// `None` where the SDE has no ancestral sampler (sub-VP, the general
+    /// schedules). Defined on the SDE's own discretisation only.
+    fn ancestral_step(&self, _t: f64) -> Option<AncestralStep> {
+        None
+    }
+
+    /// Checks that the SDE's own discrete chain is usable: the DDPM chain
+    /// behind VP and sub-VP (reverse diffusion, ancestral sampling and the
+    /// Langevin step scale) needs every `beta_i = beta(t_i) / N < 1`, i.e.
+    /// `N > beta_max`. Samplers that use the chain call this; the continuous
+    /// samplers (Euler–Maruyama, the ODE, the fast samplers) never need it.
+    fn check_discrete_chain(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The reference default for the sampler's end time `eps_s`
     /// (`1e-5` for VE, `1e-3` for VP and sub-VP).
     fn default_sampling_eps(&self) -> f64;
@@ -169,12 +209,15 @@ fn check_steps(n: usize) -> Result<()> {
 
 /// The DDPM chain needs `beta_i = beta(t)/N < 1` for every step.
 fn check_ddpm_steps(beta_max: f64, n: usize) -> Result<()> {
-    check_steps(n)?;
     ensure_param(
         beta_max / (n as f64) < 1.0,
         "num_steps",
         n,
-        format!("the DDPM step beta_max / N must be < 1, so N must exceed beta_max = {beta_max}"),
+        format!(
+            "reverse diffusion, ancestral sampling and the Langevin corrector use the DDPM \
+             chain, whose steps beta_max / N must be < 1, so N must exceed beta_max = \
+             {beta_max} (Euler–Maruyama, the ODE and the fast samplers take any N)"
+        ),
     )
 }
 
@@ -290,6 +333,22 @@ impl Sde for VeSde {
     fn discrete_schedule(&self) -> DiscreteSchedule<'_> {
         DiscreteSchedule::Sigmas(&self.sigmas)
     }
+    /// SMLD: `x + (sigma_i^2 - sigma_{i-1}^2) s`, noise std
+    /// `sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2)`.
+    fn ancestral_step(&self, t: f64) -> Option<AncestralStep> {
+        let i = self.step_index(t);
+        let s2 = self.sigmas[i].powi(2);
+        let p2 = if i == 0 {
+            0.0
+        } else {
+            self.sigmas[i - 1].powi(2)
+        };
+        Some(AncestralStep {
+            x_coef: 1.0,
+            score_coef: s2 - p2,
+            noise_std: (p2 * (s2 - p2) / s2).sqrt(),
+        })
+    }
     fn default_sampling_eps(&self) -> f64 {
         1e-5
     }
@@ -374,11 +433,13 @@ pub struct VpSde {
 }
 
 impl VpSde {
-    /// A VP SDE; requires `0 <= beta_min < beta_max` (finite) and
-    /// `N > beta_max` (so that every DDPM step `beta_max / N < 1`).
+    /// A VP SDE; requires `0 <= beta_min < beta_max` (finite) and `N >= 1`.
+    /// The DDPM chain (reverse diffusion, ancestral sampling, Langevin) also
+    /// needs `N > beta_max`; samplers that use it check that
+    /// ([`Sde::check_discrete_chain`]), the continuous ones do not need it.
     pub fn new(beta_min: f64, beta_max: f64, num_steps: usize) -> Result<Self> {
         let schedule = LinearBeta::new(beta_min, beta_max)?;
-        check_ddpm_steps(beta_max, num_steps)?;
+        check_steps(num_steps)?;
         Ok(VpSde {
             schedule,
             discrete: DiscreteBetas::new(beta_min, beta_max, num_steps),
@@ -432,6 +493,19 @@ impl Sde for VpSde {
     fn discrete_schedule(&self) -> DiscreteSchedule<'_> {
         DiscreteSchedule::Betas(&self.discrete)
     }
+    /// DDPM: `(x + beta_i s) / sqrt(1 - beta_i)`, noise std `sqrt(beta_i)`.
+    fn ancestral_step(&self, t: f64) -> Option<AncestralStep> {
+        let beta = self.discrete.betas[self.step_index(t)];
+        let inv = 1.0 / (1.0 - beta).sqrt();
+        Some(AncestralStep {
+            x_coef: inv,
+            score_coef: beta * inv,
+            noise_std: beta.sqrt(),
+        })
+    }
+    fn check_discrete_chain(&self) -> Result<()> {
+        check_ddpm_steps(self.schedule.beta_max, self.num_steps())
+    }
     fn default_sampling_eps(&self) -> f64 {
         1e-3
     }
@@ -446,11 +520,12 @@ pub struct SubVpSde {
 }
 
 impl SubVpSde {
-    /// A sub-VP SDE; requires `0 <= beta_min < beta_max` (finite) and
-    /// `N > beta_max` (its DDPM schedule scales the Langevin corrector).
+    /// A sub-VP SDE; requires `0 <= beta_min < beta_max` (finite) and `N >= 1`.
+    /// Its DDPM schedule scales the Langevin corrector, which then needs
+    /// `N > beta_max` ([`Sde::check_discrete_chain`]).
     pub fn new(beta_min: f64, beta_max: f64, num_steps: usize) -> Result<Self> {
         let schedule = LinearBeta::new(beta_min, beta_max)?;
-        check_ddpm_steps(beta_max, num_steps)?;
+        check_steps(num_steps)?;
         Ok(SubVpSde {
             schedule,
             discrete: DiscreteBetas::new(beta_min, beta_max, num_steps),
@@ -494,6 +569,9 @@ impl Sde for SubVpSde {
     }
     fn discrete_schedule(&self) -> DiscreteSchedule<'_> {
         DiscreteSchedule::Betas(&self.discrete)
+    }
+    fn check_discrete_chain(&self) -> Result<()> {
+        check_ddpm_steps(self.schedule.beta_max, self.num_steps())
     }
     fn default_sampling_eps(&self) -> f64 {
         1e-3
@@ -665,6 +743,15 @@ impl Sde for AnySde {
     }
     fn discrete_schedule(&self) -> DiscreteSchedule<'_> {
         self.inner().discrete_schedule()
+    }
+    fn langevin_alpha(&self, t: f64) -> f64 {
+        self.inner().langevin_alpha(t)
+    }
+    fn ancestral_step(&self, t: f64) -> Option<AncestralStep> {
+        self.inner().ancestral_step(t)
+    }
+    fn check_discrete_chain(&self) -> Result<()> {
+        self.inner().check_discrete_chain()
     }
 }
 

@@ -43,23 +43,34 @@ fn invalid_schedules() {
         ));
     }
     // The DDPM chain needs beta_max / N < 1: N = 20 makes the last alpha 0,
-    // N = 10 makes it negative (sqrt of a negative number).
+    // N = 10 makes it negative (sqrt of a negative number). The SDEs still
+    // build (the continuous samplers never use the chain); the chain's users
+    // check it.
     for n in [10, 20] {
-        assert!(matches!(
-            VpSde::new(0.1, 20.0, n),
-            Err(Error::InvalidParameter {
-                name: "num_steps",
-                ..
-            })
-        ));
-        assert!(matches!(
-            SubVpSde::new(0.1, 20.0, n),
-            Err(Error::InvalidParameter {
-                name: "num_steps",
-                ..
-            })
-        ));
+        let vp = VpSde::new(0.1, 20.0, n).unwrap();
+        let sub = SubVpSde::new(0.1, 20.0, n).unwrap();
+        for err in [vp.check_discrete_chain(), sub.check_discrete_chain()] {
+            assert!(matches!(
+                err,
+                Err(Error::InvalidParameter {
+                    name: "num_steps",
+                    ..
+                })
+            ));
+        }
     }
+    assert!(VeSde::new(0.01, 50.0, 2)
+        .unwrap()
+        .check_discrete_chain()
+        .is_ok());
+    assert!(VpSde::new(0.1, 20.0, 21)
+        .unwrap()
+        .check_discrete_chain()
+        .is_ok());
+    assert!(SubVpSde::new(0.1, 20.0, 21)
+        .unwrap()
+        .check_discrete_chain()
+        .is_ok());
     assert!(VpSde::new(0.1, 20.0, 21).is_ok() && SubVpSde::new(0.1, 20.0, 21).is_ok());
     let msg = VeSde::new(1.0, 0.5, 10).unwrap_err().to_string();
     assert!(msg.contains("sigma_max") && msg.contains("0.5"), "{msg}");

@@ -160,20 +160,90 @@ impl Default for OdeConfig {
     }
 }
 
-/// Which sampler, with its settings. In TOML: `sampler = "pc"` or `sampler = "ode"`
-/// beside the fields of [`PcConfig`] or [`OdeConfig`].
+/// Which sampler, with its settings: what [`crate::sample`] runs, what
+/// configs and `--json` summaries record. In TOML: `sampler = "pc"`,
+/// `"ode"`, `"ddim"`, `"dpm-solver"`, `"heun"` or `"reverse-sde"` beside
+/// the fields of that sampler's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "sampler", rename_all = "kebab-case")]
 pub enum SamplerConfig {
-    /// Predictor–corrector sampling of the reverse SDE.
+    /// Predictor–corrector sampling of the reverse SDE (the paper's).
     Pc(PcConfig),
-    /// Probability-flow ODE sampling.
+    /// Probability-flow ODE sampling with adaptive RK45.
     Ode(OdeConfig),
+    /// DDIM (deterministic at `eta = 0`, ancestral at `eta = 1`).
+    Ddim(crate::DdimConfig),
+    /// DPM-Solver++(2M).
+    DpmSolver(crate::DpmSolverConfig),
+    /// Heun's second-order method (EDM).
+    Heun(crate::HeunConfig),
+    /// The generalised reverse SDE with free stochasticity (Euler–Maruyama).
+    ReverseSde(crate::ReverseSdeConfig),
 }
 
 impl Default for SamplerConfig {
     fn default() -> Self {
         SamplerConfig::Pc(PcConfig::default())
+    }
+}
+
+impl SamplerConfig {
+    /// The sampler's name as written in configs (`"pc"`, `"dpm-solver"`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SamplerConfig::Pc(_) => "pc",
+            SamplerConfig::Ode(_) => "ode",
+            SamplerConfig::Ddim(_) => "ddim",
+            SamplerConfig::DpmSolver(_) => "dpm-solver",
+            SamplerConfig::Heun(_) => "heun",
+            SamplerConfig::ReverseSde(_) => "reverse-sde",
+        }
+    }
+
+    /// Checks the settings against `sde` (before any work is done).
+    pub fn validate<S: Sde + ?Sized>(&self, sde: &S) -> Result<()> {
+        match self {
+            SamplerConfig::Pc(c) => c.validate(sde),
+            SamplerConfig::Ode(c) => {
+                c.validate()?;
+                resolve_eps(sde, c.eps)?;
+                if c.denoise {
+                    sde.check_discrete_chain()?;
+                }
+                Ok(())
+            }
+            SamplerConfig::Ddim(c) => c.validate(sde),
+            SamplerConfig::DpmSolver(c) => c.validate(sde),
+            SamplerConfig::Heun(c) => c.validate(sde),
+            SamplerConfig::ReverseSde(c) => c.validate(sde),
+        }
+    }
+
+    /// The number of steps a run reports through
+    /// [`SamplerHooks::on_step`](crate::SamplerHooks::on_step) (`None` for the
+    /// adaptive ODE): PC's levels are the SDE's `N`.
+    pub fn steps<S: Sde + ?Sized>(&self, sde: &S) -> Option<usize> {
+        match self {
+            SamplerConfig::Pc(_) => Some(sde.num_steps()),
+            SamplerConfig::Ode(_) => None,
+            SamplerConfig::Ddim(c) => Some(c.steps),
+            SamplerConfig::DpmSolver(c) => Some(c.steps),
+            SamplerConfig::Heun(c) => Some(c.steps),
+            SamplerConfig::ReverseSde(c) => Some(c.steps),
+        }
+    }
+
+    /// Batched score evaluations a run will take, where known in advance
+    /// (`None` for the adaptive ODE).
+    pub fn nfe<S: Sde + ?Sized>(&self, sde: &S) -> Option<usize> {
+        match self {
+            SamplerConfig::Pc(c) => Some(crate::pc::nfe_per_level(c) * sde.num_steps()),
+            SamplerConfig::Ode(_) => None,
+            SamplerConfig::Ddim(c) => Some(c.steps),
+            SamplerConfig::DpmSolver(c) => Some(c.steps),
+            SamplerConfig::Heun(c) => Some(2 * c.steps),
+            SamplerConfig::ReverseSde(c) => Some(c.steps),
+        }
     }
 }
 
@@ -247,11 +317,18 @@ impl PcConfig {
             "none",
             "a sampler needs a predictor, a corrector or both",
         )?;
-        if self.predictor == PredictorKind::Ancestral && sde.kind() == sde_core::SdeKind::SubVp {
+        if self.predictor == PredictorKind::Ancestral && sde.ancestral_step(sde.t_max()).is_none() {
             return Err(crate::SolverError::Unsupported {
                 what: "ancestral sampling",
                 sde: sde.kind(),
             });
+        }
+        let uses_chain = matches!(
+            self.predictor,
+            PredictorKind::ReverseDiffusion | PredictorKind::Ancestral
+        ) || self.corrector != CorrectorKind::None;
+        if uses_chain {
+            sde.check_discrete_chain()?;
         }
         Ok(())
     }

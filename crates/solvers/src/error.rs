@@ -59,12 +59,12 @@ pub enum SolverError {
         t: f64,
     },
     /// A progress hook asked the sampler to stop.
-    #[error("sampling interrupted by the caller at step {step} of {total}")]
+    #[error("sampling interrupted by the caller after step {step}{}", total.map(|n| format!(" of {n}")).unwrap_or_default())]
     Interrupted {
-        /// The step at which it stopped.
+        /// The step after which it stopped.
         step: usize,
-        /// The total number of steps.
-        total: usize,
+        /// The total number of steps, where known in advance.
+        total: Option<usize>,
     },
 }
 

@@ -3,8 +3,17 @@
 //! [`sde_core::ScoreModel`], so the same code runs with an analytic score on the
 //! CPU and with the UNet on a GPU.
 //!
+//! - [`sample()`]: one entry point for every sampler, chosen by a
+//!   [`SamplerConfig`], with the same [`SamplerHooks`] (progress, interruption,
+//!   a per-step projection) for all of them;
 //! - [`pc`](mod@pc): the Euler–Maruyama, reverse-diffusion and ancestral predictors,
 //!   the Langevin and annealed Langevin correctors, and PC sampling;
+//! - fast samplers on any [`TimeGrid`] (uniform in t, uniform in log-SNR, EDM's
+//!   rho spacing) for any schedule: [`ddim`](mod@ddim) (with its `eta`),
+//!   [`dpm_solver`](mod@dpm_solver) (DPM-Solver++(2M)), [`heun`](mod@heun)
+//!   (EDM's second-order method) and [`reverse_sde`](mod@reverse_sde) (the
+//!   reverse SDE with a free stochasticity, from the probability-flow ODE to
+//!   the reverse SDE), all built on the loop of [`fixed`](mod@fixed);
 //! - [`ode`](mod@ode): an adaptive Dormand–Prince RK4(5) solver with per-sample step
 //!   control, the probability-flow ODE sampler, encoding and decoding;
 //! - [`likelihood`](mod@likelihood): exact log-likelihoods and bits/dim through the
@@ -33,21 +42,38 @@
 //! ```
 
 pub mod config;
+pub mod ddim;
+pub mod dpm_solver;
 pub mod error;
+pub mod fixed;
+pub mod grid;
+pub mod heun;
+pub mod hooks;
 pub mod interp;
 pub mod likelihood;
 pub mod ode;
 pub mod pc;
+pub mod reverse_sde;
+pub mod sample;
 
 pub use config::{
     CorrectorKind, NormMode, OdeConfig, PcConfig, PredictorKind, SamplerConfig, StepControl,
     StepScope,
 };
+pub use ddim::DdimConfig;
+pub use dpm_solver::DpmSolverConfig;
 pub use error::{Result, SolverError};
+pub use fixed::{run_grid, GridStep};
+pub use grid::TimeGrid;
+pub use heun::HeunConfig;
+pub use hooks::{Progress, SampleOutput, SamplerHooks, StepInfo, Update};
 pub use likelihood::{
     likelihood, DataScale, Divergence, LikelihoodConfig, LikelihoodOutput, Probe,
 };
-pub use ode::{decode, encode, integrate, ode_sample, OdeOutput, OdeRhs, OdeSolution};
-pub use pc::{
-    pc_level, pc_sample, pc_sample_from, Progress, SampleOutput, SamplerHooks, StepInfo, Update,
+pub use ode::{
+    decode, encode, integrate, integrate_with_hooks, ode_sample, ode_sample_from, OdeOutput,
+    OdeRhs, OdeSolution,
 };
+pub use pc::{pc_level, pc_sample, pc_sample_from};
+pub use reverse_sde::ReverseSdeConfig;
+pub use sample::{sample, sample_from};

@@ -16,6 +16,7 @@ use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
 
 use crate::config::{resolve_eps, OdeConfig, StepControl, StepScope};
 use crate::error::{Result, SolverError};
+use crate::hooks::{SampleOutput, SamplerHooks, StepInfo, Update};
 
 /// Nodes `c_i` of the Dormand–Prince tableau.
 const C: [f64; 7] = [0.0, 1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0];
@@ -131,6 +132,33 @@ where
     B: Backend,
     R: OdeRhs<B> + ?Sized,
 {
+    let mut rng = NoiseRng::new(0);
+    integrate_with_hooks(b, rhs, x0, aux0, t0, t1, cfg, &mut (), &mut rng)
+}
+
+/// [`integrate`] with [`SamplerHooks`]: `on_step` after every step (accepted
+/// or not for some samples; its `t` is the least advanced sample's time) can
+/// stop the solver, and a hook that [`projects`](SamplerHooks::projects) gets
+/// the state after every step (with per-sample times) and may replace it;
+/// the solver then re-evaluates its first stage (one more `rhs` call per
+/// step). `rng` is passed to the hooks only; the solver draws no noise.
+#[allow(clippy::too_many_arguments)]
+pub fn integrate_with_hooks<B, R, H>(
+    b: &B,
+    rhs: &mut R,
+    x0: B::Tensor,
+    aux0: Vec<f64>,
+    t0: f64,
+    t1: f64,
+    cfg: &OdeConfig,
+    hooks: &mut H,
+    rng: &mut NoiseRng,
+) -> Result<OdeSolution<B::Tensor>>
+where
+    B: Backend,
+    R: OdeRhs<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
+{
     cfg.validate()?;
     let batch = b.shape(&x0).batch();
     if aux0.len() % batch != 0 {
@@ -183,15 +211,9 @@ where
     let mut steps = 0;
     while done.iter().any(|d| !d) {
         if steps >= cfg.max_steps {
-            let t_reached = t
-                .iter()
-                .zip(&done)
-                .filter(|(_, d)| !**d)
-                .map(|(t, _)| *t)
-                .fold(t1, |acc, t| if dir > 0.0 { acc.min(t) } else { acc.max(t) });
             return Err(SolverError::StepBudgetExhausted {
                 steps,
-                t_reached,
+                t_reached: least_advanced(&t, &done, t1, dir),
                 t_end: t1,
             });
         }
@@ -337,6 +359,23 @@ where
                 k1a[j] = k7a[j];
             }
         }
+        if hooks.projects() && acc.iter().any(|a| *a) {
+            x = hooks.after_update(b, Update::exact(x), &t, rng)?.x;
+            (k1, k1a) = rhs.eval(b, &x, &t)?;
+            count(&done, &mut nfe, &mut nfe_per_sample);
+        }
+        let info = StepInfo {
+            step: steps,
+            total: None,
+            t: least_advanced(&t, &done, t1, dir),
+            nfe,
+        };
+        if hooks.on_step(&info).is_break() {
+            return Err(SolverError::Interrupted {
+                step: steps,
+                total: None,
+            });
+        }
     }
     b.check_finite(&x, "ODE solution")
         .map_err(|_| SolverError::NonFinite {
@@ -351,6 +390,15 @@ where
         accepted,
         rejected,
     })
+}
+
+/// The time of the unfinished sample furthest from `t1` (`t1` when all are done).
+fn least_advanced(t: &[f64], done: &[bool], t1: f64, dir: f64) -> f64 {
+    t.iter()
+        .zip(done)
+        .filter(|(_, d)| !**d)
+        .map(|(t, _)| *t)
+        .fold(t1, |acc, t| if dir > 0.0 { acc.min(t) } else { acc.max(t) })
 }
 
 /// Hairer's initial step size (as scipy's `select_initial_step`), per sample.
@@ -457,56 +505,157 @@ impl<T> OdeOutput<T> {
 }
 
 /// Draws `shape` samples by integrating the probability-flow ODE from a prior
-/// sample at `T` down to `eps`.
-pub fn ode_sample<B, S, M>(
+/// sample at `T` down to `eps` (with `hooks`: progress, interruption, and a
+/// per-step projection).
+pub fn ode_sample<B, S, M, H>(
     b: &B,
     sde: &S,
     model: &M,
     shape: &Shape,
     cfg: &OdeConfig,
     rng: &mut NoiseRng,
+    hooks: &mut H,
 ) -> Result<OdeOutput<B::Tensor>>
 where
     B: Backend,
     S: Sde + ?Sized,
     M: ScoreModel<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
 {
     let z = sde.prior_sample(b, shape, rng.next_key())?;
-    decode_with_denoise(b, sde, model, z, cfg, cfg.denoise)
+    ode_sample_from(b, sde, model, z, cfg, rng, hooks)
 }
 
-/// Maps latents `z` (at time `T`) to data (at `eps`) with the probability-flow ODE.
-pub fn decode<B, S, M>(
+/// Probability-flow ODE sampling from the state `z` at `T` (with the
+/// denoising step when `cfg.denoise`).
+pub fn ode_sample_from<B, S, M, H>(
     b: &B,
     sde: &S,
     model: &M,
     z: B::Tensor,
     cfg: &OdeConfig,
+    rng: &mut NoiseRng,
+    hooks: &mut H,
 ) -> Result<OdeOutput<B::Tensor>>
 where
     B: Backend,
     S: Sde + ?Sized,
     M: ScoreModel<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
 {
-    decode_with_denoise(b, sde, model, z, cfg, false)
+    run_flow(
+        b,
+        sde,
+        model,
+        z,
+        cfg,
+        Direction::Decode,
+        cfg.denoise,
+        rng,
+        hooks,
+    )
 }
 
-fn decode_with_denoise<B, S, M>(
+/// Maps latents `z` (at time `T`) to data (at `eps`) with the probability-flow
+/// ODE. `hooks` see progress and may stop the solver (the ODE draws no noise:
+/// a projecting hook gets a generator seeded with 0).
+pub fn decode<B, S, M, H>(
     b: &B,
     sde: &S,
     model: &M,
     z: B::Tensor,
     cfg: &OdeConfig,
-    denoise: bool,
+    hooks: &mut H,
 ) -> Result<OdeOutput<B::Tensor>>
 where
     B: Backend,
     S: Sde + ?Sized,
     M: ScoreModel<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
+{
+    let mut rng = NoiseRng::new(0);
+    run_flow(
+        b,
+        sde,
+        model,
+        z,
+        cfg,
+        Direction::Decode,
+        false,
+        &mut rng,
+        hooks,
+    )
+}
+
+/// Maps data `x` (at `eps`) to latents (at `T`) with the probability-flow ODE.
+/// Decoding the result with the same settings returns `x` up to the solver
+/// tolerance (the encoding is unique, Song et al. 2021 section 4.3).
+pub fn encode<B, S, M, H>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    x: B::Tensor,
+    cfg: &OdeConfig,
+    hooks: &mut H,
+) -> Result<OdeOutput<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
+{
+    b.check_finite(&x, "data to encode")?;
+    let mut rng = NoiseRng::new(0);
+    run_flow(
+        b,
+        sde,
+        model,
+        x,
+        cfg,
+        Direction::Encode,
+        false,
+        &mut rng,
+        hooks,
+    )
+}
+
+/// Which way the probability-flow ODE is integrated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// From `T` to `eps` (sampling, decoding).
+    Decode,
+    /// From `eps` to `T` (encoding).
+    Encode,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_flow<B, S, M, H>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    x: B::Tensor,
+    cfg: &OdeConfig,
+    direction: Direction,
+    denoise: bool,
+    rng: &mut NoiseRng,
+    hooks: &mut H,
+) -> Result<OdeOutput<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
 {
     let eps = resolve_eps(sde, cfg.eps)?;
+    if denoise {
+        sde.check_discrete_chain()?;
+    }
+    let (t0, t1) = match direction {
+        Direction::Decode => (sde.t_max(), eps),
+        Direction::Encode => (eps, sde.t_max()),
+    };
     let mut rhs = FlowRhs { sde, model };
-    let sol = integrate(b, &mut rhs, z, Vec::new(), sde.t_max(), eps, cfg)?;
+    let sol = integrate_with_hooks(b, &mut rhs, x, Vec::new(), t0, t1, cfg, hooks, rng)?;
     let mut out = OdeOutput::from_solution(sol);
     if denoise {
         // One noise-free reverse-diffusion step at eps (the reference's denoising step).
@@ -521,24 +670,12 @@ where
     Ok(out)
 }
 
-/// Maps data `x` (at `eps`) to latents (at `T`) with the probability-flow ODE.
-/// Decoding the result with the same settings returns `x` up to the solver
-/// tolerance (the encoding is unique, Song et al. 2021 section 4.3).
-pub fn encode<B, S, M>(
-    b: &B,
-    sde: &S,
-    model: &M,
-    x: B::Tensor,
-    cfg: &OdeConfig,
-) -> Result<OdeOutput<B::Tensor>>
-where
-    B: Backend,
-    S: Sde + ?Sized,
-    M: ScoreModel<B> + ?Sized,
-{
-    b.check_finite(&x, "data to encode")?;
-    let eps = resolve_eps(sde, cfg.eps)?;
-    let mut rhs = FlowRhs { sde, model };
-    let sol = integrate(b, &mut rhs, x, Vec::new(), eps, sde.t_max(), cfg)?;
-    Ok(OdeOutput::from_solution(sol))
+impl<T> From<OdeOutput<T>> for SampleOutput<T> {
+    fn from(o: OdeOutput<T>) -> Self {
+        SampleOutput {
+            samples: o.x,
+            nfe: o.nfe,
+            nfe_per_sample: o.nfe_per_sample,
+        }
+    }
 }

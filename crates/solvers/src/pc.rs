@@ -7,82 +7,13 @@
 //! Everything is generic over the [`Backend`], the [`Sde`] and the
 //! [`ScoreModel`], and works with per-sample times.
 
-use std::ops::ControlFlow;
-
 use sde_core::backend::coefs_f32;
 use sde_core::sde::linspace;
-use sde_core::{
-    Backend, Coef, DiscreteSchedule, NoiseRng, ScoreModel, Sde, SdeExt, SdeKind, Shape,
-};
+use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
 
 use crate::config::{resolve_eps, CorrectorKind, NormMode, PcConfig, PredictorKind};
 use crate::error::{Result, SolverError};
-
-/// The result of one update: the new state and its noise-free mean.
-#[derive(Clone, Debug)]
-pub struct Update<T> {
-    /// The state after the update (mean plus noise).
-    pub x: T,
-    /// The mean of the update, without the final noise.
-    pub x_mean: T,
-}
-
-/// Progress of a sampler, reported once per time level.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepInfo {
-    /// Levels done so far (1-based after the first level).
-    pub step: usize,
-    /// Total number of levels.
-    pub total: usize,
-    /// The time of the level just done.
-    pub t: f64,
-    /// Score evaluations so far.
-    pub nfe: usize,
-}
-
-/// Hooks into a sampler's loop. Every method has a do-nothing default; `()`
-/// implements the trait with all defaults.
-pub trait SamplerHooks<B: Backend> {
-    /// Called after every predictor and corrector update with the new state
-    /// and its mean at times `t`; may replace both (inpainting projects the
-    /// known pixels here). `rng` is the sampler's generator.
-    fn after_update(
-        &mut self,
-        _b: &B,
-        update: Update<B::Tensor>,
-        _t: &[f64],
-        _rng: &mut NoiseRng,
-    ) -> Result<Update<B::Tensor>> {
-        Ok(update)
-    }
-
-    /// Called after each time level; return `ControlFlow::Break(())` to stop
-    /// the sampler (it then fails with [`SolverError::Interrupted`]).
-    fn on_step(&mut self, _info: &StepInfo) -> ControlFlow<()> {
-        ControlFlow::Continue(())
-    }
-}
-
-impl<B: Backend> SamplerHooks<B> for () {}
-
-/// Progress reporting through a closure: `Progress(|info| bar.set_position(..))`.
-pub struct Progress<F>(pub F);
-
-impl<B: Backend, F: FnMut(&StepInfo)> SamplerHooks<B> for Progress<F> {
-    fn on_step(&mut self, info: &StepInfo) -> ControlFlow<()> {
-        (self.0)(info);
-        ControlFlow::Continue(())
-    }
-}
-
-/// Samples and the cost of producing them.
-#[derive(Clone, Debug)]
-pub struct SampleOutput<T> {
-    /// The samples.
-    pub samples: T,
-    /// Number of (batched) score-model evaluations.
-    pub nfe: usize,
-}
+use crate::hooks::{SampleOutput, SamplerHooks, StepInfo, Update};
 
 fn time_vec(t: f64, batch: usize) -> Vec<f64> {
     vec![t; batch]
@@ -132,7 +63,7 @@ where
     Ok(Update { x: x_new, x_mean })
 }
 
-/// The ancestral-sampling mean and noise std (SPEC.md section 5).
+/// The ancestral-sampling mean and noise std ([`Sde::ancestral_step`]).
 fn ancestral_mean<B: Backend, S: Sde + ?Sized>(
     b: &B,
     sde: &S,
@@ -140,49 +71,20 @@ fn ancestral_mean<B: Backend, S: Sde + ?Sized>(
     t: &[f64],
     score: &B::Tensor,
 ) -> Result<(B::Tensor, Vec<f64>)> {
-    match (sde.kind(), sde.discrete_schedule()) {
-        (SdeKind::Ve, DiscreteSchedule::Sigmas(sigmas)) => {
-            // x_mean = x + (sigma_i^2 - sigma_{i-1}^2) s;
-            // std = sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2).
-            let (mut c, mut std) = (Vec::new(), Vec::new());
-            for &tn in t {
-                let i = sde.step_index(tn);
-                let s2 = sigmas[i].powi(2);
-                let p2 = if i == 0 { 0.0 } else { sigmas[i - 1].powi(2) };
-                c.push((s2 - p2) as f32);
-                std.push((p2 * (s2 - p2) / s2).sqrt());
-            }
-            let x_mean = b.lincomb(&[(Coef::Scalar(1.0), x), (Coef::PerSample(&c), score)])?;
-            Ok((x_mean, std))
-        }
-        (SdeKind::Vp, DiscreteSchedule::Betas(d)) => {
-            // x_mean = (x + beta_i s) / sqrt(1 - beta_i); std = sqrt(beta_i).
-            let (mut cx, mut cs, mut std) = (Vec::new(), Vec::new(), Vec::new());
-            for &tn in t {
-                let beta = d.betas[sde.step_index(tn)];
-                let inv = 1.0 / (1.0 - beta).sqrt();
-                cx.push(inv as f32);
-                cs.push((beta * inv) as f32);
-                std.push(beta.sqrt());
-            }
-            let x_mean = b.lincomb(&[(Coef::PerSample(&cx), x), (Coef::PerSample(&cs), score)])?;
-            Ok((x_mean, std))
-        }
-        (kind, _) => Err(SolverError::Unsupported {
+    let (mut cx, mut cs, mut std) = (Vec::new(), Vec::new(), Vec::new());
+    for &tn in t {
+        let step = sde.ancestral_step(tn).ok_or(SolverError::Unsupported {
             what: "ancestral sampling",
-            sde: kind,
-        }),
+            sde: sde.kind(),
+        })?;
+        cx.push(step.x_coef as f32);
+        cs.push(step.score_coef as f32);
+        std.push(step.noise_std);
     }
-}
-
-/// The Langevin scale `a`: 1 for VE, `alpha_i` of the discrete DDPM schedule
-/// for VP and sub-VP (the reference code crashes for sub-VP; here it uses the
-/// schedule sub-VP shares with VP).
-fn langevin_alpha<S: Sde + ?Sized>(sde: &S, t: f64) -> f64 {
-    match sde.discrete_schedule() {
-        DiscreteSchedule::Betas(d) => d.alphas[sde.step_index(t)],
-        _ => 1.0,
-    }
+    Ok((
+        b.lincomb(&[(Coef::PerSample(&cx), x), (Coef::PerSample(&cs), score)])?,
+        std,
+    ))
 }
 
 /// `steps` corrector updates at times `t` (one score evaluation each).
@@ -213,7 +115,7 @@ where
     if kind == CorrectorKind::None {
         return Ok(update);
     }
-    let alpha: Vec<f64> = t.iter().map(|&t| langevin_alpha(sde, t)).collect();
+    let alpha: Vec<f64> = t.iter().map(|&t| sde.langevin_alpha(t)).collect();
     for _ in 0..steps {
         let score = model.score(b, &update.x, t)?;
         let z = b.gaussian(&shape, rng.next_key())?;
@@ -371,12 +273,15 @@ where
         nfe += cost;
         let info = StepInfo {
             step: k + 1,
-            total,
+            total: Some(total),
             t: tk,
             nfe,
         };
         if hooks.on_step(&info).is_break() {
-            return Err(SolverError::Interrupted { step: k + 1, total });
+            return Err(SolverError::Interrupted {
+                step: k + 1,
+                total: Some(total),
+            });
         }
     }
     let samples = if cfg.denoise { state.x_mean } else { state.x };
@@ -385,5 +290,9 @@ where
             what: "samples",
             t: eps,
         })?;
-    Ok(SampleOutput { samples, nfe })
+    Ok(SampleOutput {
+        samples,
+        nfe,
+        nfe_per_sample: vec![nfe; batch],
+    })
 }

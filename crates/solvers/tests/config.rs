@@ -127,7 +127,13 @@ fn hooks_report_progress_and_can_interrupt() {
     )
     .unwrap_err();
     assert!(
-        matches!(err, SolverError::Interrupted { step: 7, total: 50 }),
+        matches!(
+            err,
+            SolverError::Interrupted {
+                step: 7,
+                total: Some(50)
+            }
+        ),
         "{err}"
     );
     assert_eq!(hook.1.len(), 7);

@@ -287,7 +287,7 @@ fn encode_follows_the_closed_form_flow_and_decode_inverts_it() {
                 &Shape::new([n, 3]).unwrap(),
             )
             .unwrap();
-        let z = encode(&b, &sde, &model, x.clone(), &cfg).unwrap();
+        let z = encode(&b, &sde, &model, x.clone(), &cfg, &mut ()).unwrap();
         let (ke, kt) = (sde.marginal(1e-3), sde.marginal(1.0));
         for i in 0..n * 3 {
             let j = i % 3;
@@ -302,7 +302,7 @@ fn encode_follows_the_closed_form_flow_and_decode_inverts_it() {
                 sde.kind()
             );
         }
-        let back = decode(&b, &sde, &model, z.x, &cfg).unwrap();
+        let back = decode(&b, &sde, &model, z.x, &cfg, &mut ()).unwrap();
         for (a, c) in back.x.data().iter().zip(x.data()) {
             assert!(
                 (a - c).abs() <= 1e-4 * c.abs().max(1.0),
@@ -331,8 +331,8 @@ fn encode_decode_round_trip_on_a_mixture() {
                 &Shape::new([16, 2]).unwrap(),
             )
             .unwrap();
-        let z = encode(&b, &sde, &model, x.clone(), &cfg).unwrap();
-        let back = decode(&b, &sde, &model, z.x, &cfg).unwrap();
+        let z = encode(&b, &sde, &model, x.clone(), &cfg, &mut ()).unwrap();
+        let back = decode(&b, &sde, &model, z.x, &cfg, &mut ()).unwrap();
         let err = back
             .x
             .data()
@@ -364,7 +364,16 @@ fn ode_sampler_nfe_curve_on_16d_mixture() {
             atol: tol,
             ..OdeConfig::default()
         };
-        let out = ode_sample(&b, sde, &model, &shape, &cfg, &mut NoiseRng::new(0)).unwrap();
+        let out = ode_sample(
+            &b,
+            sde,
+            &model,
+            &shape,
+            &cfg,
+            &mut NoiseRng::new(0),
+            &mut (),
+        )
+        .unwrap();
         let mean_per_sample = out.nfe_per_sample.iter().sum::<usize>() as f64 / 64.0;
         println!(
             "rtol = atol = {tol:e}: batched NFE {}, mean per-sample NFE {mean_per_sample:.1}",

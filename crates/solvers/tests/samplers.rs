@@ -55,7 +55,16 @@ fn run_ode(
     let b = CpuBackend;
     let model = AnalyticScore::new(model_data.clone(), sde.clone());
     let shape = Shape::new([N_SAMPLES, model_data.dim()]).unwrap();
-    let out = ode_sample(&b, sde, &model, &shape, cfg, &mut NoiseRng::new(seed)).unwrap();
+    let out = ode_sample(
+        &b,
+        sde,
+        &model,
+        &shape,
+        cfg,
+        &mut NoiseRng::new(seed),
+        &mut (),
+    )
+    .unwrap();
     (b.to_vec(&out.x).unwrap(), out.nfe)
 }
 
