@@ -111,8 +111,21 @@ pub enum StepScope {
     /// depend on its batch. Finished samples are frozen while the rest go on.
     #[default]
     PerSample,
-    /// One step size for the whole batch, set by the worst sample (what
-    /// integrating the flattened batch with scipy's `RK45` does).
+    /// One time and step size for the whole batch: scipy's `RK45` on the
+    /// flattened batch, as the reference code integrates it. Accepting a step
+    /// and choosing the next use one RMS error norm over the whole state (every
+    /// sample's tensor elements and auxiliary scalars together, each scaled by
+    /// `atol + rtol max(|y0|, |y1|)`), and the automatic first step is
+    /// Hairer's (scipy's `select_initial_step`) from whole-state norms. So a
+    /// sample's result depends on its batch, and easy samples (small scaled
+    /// errors) loosen the control of a hard one: the norm is a mean, not the
+    /// worst sample's. Otherwise scipy's rule: with [`StepControl::Standard`]
+    /// the same steps and evaluations up to rounding, except that a step is
+    /// accepted at `err <= 1` (scipy: `< 1`) and `h_max`/`h_min` replace
+    /// scipy's `max_step = inf` and `min_step = 10 ulp(t)`. (The tensors are
+    /// `f32`: at tight tolerances, such as `rtol = 1e-5, atol = 1e-7` on unit
+    /// data, their rounding in the error estimate is enough to change the
+    /// step sequence.)
     Batch,
 }
 

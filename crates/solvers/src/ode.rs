@@ -9,7 +9,9 @@
 //! [`StepScope::PerSample`] every sample has its own time, step size and
 //! error estimate: a sample that finishes is frozen (its step is zero) while
 //! the others go on. The batch is still evaluated as a whole, so frozen
-//! samples cost model evaluations but never change.
+//! samples cost model evaluations but never change. With [`StepScope::Batch`]
+//! the solver is scipy's `RK45` on the flattened state: one RMS error norm
+//! over all samples' elements and auxiliary scalars, one step size.
 
 use sde_core::backend::coefs_f32;
 use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
@@ -88,8 +90,11 @@ pub struct OdeSolution<T> {
     pub rejected: Vec<usize>,
 }
 
-/// Per-sample RMS of `(err_x, err_a)` scaled by `atol + rtol max(|y0|, |y1|)`,
-/// over the `d` tensor elements and `m` auxiliary scalars of each sample.
+/// RMS of `(err_x, err_a)` scaled elementwise by `atol + rtol max(|y0|, |y1|)`:
+/// per sample, over its `d` tensor elements and `m` auxiliary scalars, or with
+/// [`StepScope::Batch`] over the whole flattened state (all samples' elements
+/// and scalars together, as scipy's norm of the flat state), repeated for
+/// every sample.
 #[allow(clippy::too_many_arguments)]
 fn error_norms<B: Backend>(
     b: &B,
@@ -104,7 +109,8 @@ fn error_norms<B: Backend>(
 ) -> Result<Vec<f64>> {
     let d = b.shape(err).sample_numel() as f64;
     let rms = b.sample_scaled_rms(err, y0, y1, cfg.atol, cfg.rtol)?;
-    Ok(rms
+    // Per-sample sums of squares over the sample's `d + m` entries.
+    let sums: Vec<f64> = rms
         .into_iter()
         .enumerate()
         .map(|(n, r)| {
@@ -113,9 +119,17 @@ fn error_norms<B: Backend>(
                 let scale = cfg.atol + cfg.rtol * a0[j].abs().max(a1[j].abs());
                 sum += (err_a[j] / scale).powi(2);
             }
-            (sum / (d + m as f64)).sqrt()
+            sum
         })
-        .collect())
+        .collect();
+    let per_sample = d + m as f64;
+    Ok(match cfg.scope {
+        StepScope::PerSample => sums.iter().map(|s| (s / per_sample).sqrt()).collect(),
+        StepScope::Batch => {
+            let whole = (sums.iter().sum::<f64>() / (per_sample * sums.len() as f64)).sqrt();
+            vec![whole; sums.len()]
+        }
+    })
 }
 
 /// Integrates `rhs` from `t0` to `t1` (either direction) starting at `(x0, aux0)`.
@@ -201,10 +215,6 @@ where
     for h in h.iter_mut() {
         *h = h.clamp(cfg.h_min, cfg.h_max).min(span.max(cfg.h_min));
     }
-    if cfg.scope == StepScope::Batch {
-        let hmin = h.iter().copied().fold(f64::INFINITY, f64::min);
-        h.fill(hmin);
-    }
     let mut last_rejected = vec![false; batch];
     let mut err_prev = vec![1.0f64; batch];
 
@@ -271,22 +281,9 @@ where
                 *v += hs[j / m.max(1)] * e * ka[j];
             }
         }
-        let mut en = error_norms(b, cfg, &err, &x, &y_stage, &err_a, &aux, &a_stage, m)?;
-        if cfg.scope == StepScope::Batch {
-            let worst = en
-                .iter()
-                .zip(&done)
-                .filter(|(_, d)| !**d)
-                .map(|(e, _)| *e)
-                .fold(0.0, |a: f64, e| {
-                    if e.is_nan() || a.is_nan() {
-                        f64::NAN
-                    } else {
-                        a.max(e)
-                    }
-                });
-            en.fill(worst);
-        }
+        // With StepScope::Batch every sample gets the whole-state norm, so all
+        // share one time, step size and accept/reject decision.
+        let en = error_norms(b, cfg, &err, &x, &y_stage, &err_a, &aux, &a_stage, m)?;
         // Accept / reject per sample and pick the next step size.
         let mut acc = vec![false; batch];
         for n in 0..batch {
@@ -334,15 +331,6 @@ where
                         sample: n,
                     });
                 }
-            }
-        }
-        if cfg.scope == StepScope::Batch {
-            let hmin = (0..batch)
-                .filter(|&n| !done[n])
-                .map(|n| h[n])
-                .fold(f64::INFINITY, f64::min);
-            if hmin.is_finite() {
-                h.fill(hmin);
             }
         }
         let k7 = ks.pop().ok_or(SolverError::NonFinite {
@@ -401,7 +389,9 @@ fn least_advanced(t: &[f64], done: &[bool], t1: f64, dir: f64) -> f64 {
         .fold(t1, |acc, t| if dir > 0.0 { acc.min(t) } else { acc.max(t) })
 }
 
-/// Hairer's initial step size (as scipy's `select_initial_step`), per sample.
+/// Hairer's initial step size (as scipy's `select_initial_step`), per sample,
+/// or from whole-state norms `d0, d1, d2` with [`StepScope::Batch`] (the
+/// norms come from [`error_norms`]).
 #[allow(clippy::too_many_arguments)]
 fn initial_step<B, R>(
     b: &B,

@@ -387,3 +387,332 @@ fn ode_sampler_nfe_curve_on_16d_mixture() {
         last = out.nfe;
     }
 }
+
+/// Per sample `x = (x_0, x_1)`: `dx/dt = [[-1/2, w], [-w, -1/2]] x` with
+/// `w = 2 + 8 t^2` (a spiral that speeds up), and one auxiliary scalar with
+/// `da/dt = x_0 - x_1 + cos(5 t)`.
+fn spiral(t: f64, x: [f64; 2]) -> ([f64; 2], f64) {
+    let w = 2.0 + 8.0 * t * t;
+    (
+        [-0.5 * x[0] + w * x[1], -w * x[0] - 0.5 * x[1]],
+        x[0] - x[1] + (5.0 * t).cos(),
+    )
+}
+
+/// [`spiral`] as a batched right-hand side; records the time of every evaluation.
+struct Spiral {
+    times: Vec<f64>,
+}
+
+impl OdeRhs<CpuBackend> for Spiral {
+    fn eval(
+        &mut self,
+        b: &CpuBackend,
+        x: &sde_core::CpuTensor,
+        t: &[f64],
+    ) -> solvers::Result<(sde_core::CpuTensor, Vec<f64>)> {
+        self.times.push(t[0]);
+        let mut dx = Vec::new();
+        let mut da = Vec::new();
+        for (n, &t) in t.iter().enumerate() {
+            let s = x.sample(n);
+            let (d, a) = spiral(t, [f64::from(s[0]), f64::from(s[1])]);
+            dx.extend(d.iter().map(|&v| v as f32));
+            da.push(a);
+        }
+        Ok((b.tensor(dx, b.shape(x))?, da))
+    }
+}
+
+/// What scipy's `solve_ivp(method="RK45")` computes, written from scipy's
+/// source (`select_initial_step` and `RungeKutta._step_impl`) on a flat `f64`
+/// state without `max_step` or `min_step`. Returns the final state, the
+/// number of evaluations, the accepted and rejected steps and the initial step.
+fn scipy_rk45(
+    f: impl Fn(f64, &[f64]) -> Vec<f64>,
+    t0: f64,
+    t1: f64,
+    y0: &[f64],
+    rtol: f64,
+    atol: f64,
+) -> (Vec<f64>, usize, usize, usize, f64) {
+    const C: [f64; 6] = [0.0, 1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0];
+    const A: [[f64; 5]; 6] = [
+        [0.0; 5],
+        [1.0 / 5.0, 0.0, 0.0, 0.0, 0.0],
+        [3.0 / 40.0, 9.0 / 40.0, 0.0, 0.0, 0.0],
+        [44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0, 0.0, 0.0],
+        [
+            19372.0 / 6561.0,
+            -25360.0 / 2187.0,
+            64448.0 / 6561.0,
+            -212.0 / 729.0,
+            0.0,
+        ],
+        [
+            9017.0 / 3168.0,
+            -355.0 / 33.0,
+            46732.0 / 5247.0,
+            49.0 / 176.0,
+            -5103.0 / 18656.0,
+        ],
+    ];
+    const B: [f64; 6] = [
+        35.0 / 384.0,
+        0.0,
+        500.0 / 1113.0,
+        125.0 / 192.0,
+        -2187.0 / 6784.0,
+        11.0 / 84.0,
+    ];
+    const E: [f64; 7] = [
+        -71.0 / 57600.0,
+        0.0,
+        71.0 / 16695.0,
+        -71.0 / 1920.0,
+        17253.0 / 339200.0,
+        -22.0 / 525.0,
+        1.0 / 40.0,
+    ];
+    // RMS norm of v / scale over the whole flat state.
+    let norm = |v: &[f64], scale: &[f64]| {
+        (v.iter()
+            .zip(scale)
+            .map(|(v, s)| (v / s).powi(2))
+            .sum::<f64>()
+            / v.len() as f64)
+            .sqrt()
+    };
+    let axpy = |y: &[f64], h: f64, k: &[f64]| -> Vec<f64> {
+        y.iter().zip(k).map(|(y, k)| y + h * k).collect()
+    };
+    let dir = (t1 - t0).signum();
+    let span = (t1 - t0).abs();
+    let (mut y, mut fy) = (y0.to_vec(), f(t0, y0));
+    let mut nfev = 1;
+    // select_initial_step (order 4).
+    let scale: Vec<f64> = y.iter().map(|y| atol + y.abs() * rtol).collect();
+    let (d0, d1) = (norm(&y, &scale), norm(&fy, &scale));
+    let h0 = if d0 < 1e-5 || d1 < 1e-5 {
+        1e-6
+    } else {
+        0.01 * d0 / d1
+    }
+    .min(span);
+    let f1 = f(t0 + h0 * dir, &axpy(&y, h0 * dir, &fy));
+    nfev += 1;
+    let df: Vec<f64> = f1.iter().zip(&fy).map(|(a, b)| a - b).collect();
+    let d2 = norm(&df, &scale) / h0;
+    let h1 = if d1 <= 1e-15 && d2 <= 1e-15 {
+        (h0 * 1e-3).max(1e-6)
+    } else {
+        (0.01 / d1.max(d2)).powf(0.2)
+    };
+    let h_init = (100.0 * h0).min(h1).min(span);
+    let mut h_abs = h_init;
+    let (mut t, mut accepted, mut rejected) = (t0, 0, 0);
+    while dir * (t - t1) < 0.0 {
+        let mut step_rejected = false;
+        loop {
+            let mut t_new = t + dir * h_abs;
+            if dir * (t_new - t1) > 0.0 {
+                t_new = t1;
+            }
+            let h = t_new - t;
+            h_abs = h.abs();
+            let mut k = vec![fy.clone()];
+            for s in 1..6 {
+                let mut ys = y.clone();
+                for (j, kj) in k.iter().enumerate() {
+                    ys = axpy(&ys, h * A[s][j], kj);
+                }
+                k.push(f(t + C[s] * h, &ys));
+            }
+            let mut y_new = y.clone();
+            for (bj, kj) in B.iter().zip(&k) {
+                y_new = axpy(&y_new, h * bj, kj);
+            }
+            let f_new = f(t + h, &y_new);
+            k.push(f_new.clone());
+            nfev += 6;
+            let mut err = vec![0.0; y.len()];
+            for (ej, kj) in E.iter().zip(&k) {
+                err = axpy(&err, h * ej, kj);
+            }
+            let scale: Vec<f64> = y
+                .iter()
+                .zip(&y_new)
+                .map(|(a, b)| atol + a.abs().max(b.abs()) * rtol)
+                .collect();
+            let en = norm(&err, &scale);
+            if en < 1.0 {
+                let mut factor = if en == 0.0 {
+                    10.0
+                } else {
+                    (0.9 * en.powf(-0.2)).min(10.0)
+                };
+                if step_rejected {
+                    factor = factor.min(1.0);
+                }
+                h_abs *= factor;
+                (t, y, fy) = (t_new, y_new, f_new);
+                accepted += 1;
+                break;
+            }
+            h_abs *= (0.9 * en.powf(-0.2)).max(0.2);
+            step_rejected = true;
+            rejected += 1;
+        }
+    }
+    (y, nfev, accepted, rejected, h_init)
+}
+
+/// `StepScope::Batch` is scipy's RK45 on the flattened batch: one RMS error
+/// norm over every sample's elements and auxiliary scalars, and Hairer's
+/// initial step from whole-state norms. On three samples of very different
+/// scales (so the worst sample's error is far above the whole-state RMS), the
+/// initial step, the evaluations and the accepted and rejected steps equal
+/// those of the host-side reference `scipy_rk45`, and the final states agree
+/// to f32 rounding (the former rule, the worst sample's norm and the smallest
+/// per-sample initial step, took 92 and 62 evaluations instead of 74 and 56,
+/// and ended up to 1.9 tolerances away). The reference itself reproduces
+/// scipy 1.17.1, whose numbers are embedded (the initial steps are scipy's
+/// `select_initial_step(f, t0, y0, t1, inf, f(t0, y0), sign(t1 - t0), 4, rtol, atol)`).
+///
+/// The tolerances are loose enough for the f32 state's rounding (about 1e-5
+/// of a scaled error norm here) not to matter: at `rtol = 1e-5, atol = 1e-7`
+/// the reference's first error norm is about 0 (step factor 10) but the f32
+/// solver measures 2e-5 of rounding (factor 7.5), and the step sequences part.
+///
+/// ```python
+/// import numpy as np
+/// from scipy.integrate import solve_ivp
+/// x0 = np.array([[1.0, -0.5], [2**-9, 2**-10], [-3 * 2**-10, 3 * 2**-11]])
+/// def f(t, y):
+///     w = 2.0 + 8.0 * t * t
+///     x = y[:6].reshape(3, 2)
+///     dx = np.stack([-0.5 * x[:, 0] + w * x[:, 1], -w * x[:, 0] - 0.5 * x[:, 1]], axis=1)
+///     da = x[:, 0] - x[:, 1] + np.cos(5 * t)
+///     return np.concatenate([dx.ravel(), da])
+/// for (t0, t1) in [(0.0, 1.0), (1.0, 0.25)]:
+///     y0 = np.concatenate([x0.ravel(), [0.0, 0.5, -1.0]])
+///     s = solve_ivp(f, (t0, t1), y0, method="RK45", rtol=1e-4, atol=1e-6)
+///     print(t0, t1, s.nfev, len(s.t) - 1, (s.nfev - 2) // 6 - (len(s.t) - 1),
+///           [float(v) for v in s.y[:, -1]])
+/// ```
+#[test]
+fn batch_scope_is_scipy_rk45_on_the_flattened_batch() {
+    let b = CpuBackend;
+    let x0 = [
+        1.0f32,
+        -0.5,
+        2f32.powi(-9),
+        2f32.powi(-10),
+        -3.0 * 2f32.powi(-10),
+        3.0 * 2f32.powi(-11),
+    ];
+    let a0 = [0.0, 0.5, -1.0];
+    // The flat state of scipy's script: six tensor elements, then the three scalars.
+    let flat = |t: f64, y: &[f64]| -> Vec<f64> {
+        let mut dy = vec![0.0; 9];
+        for n in 0..3 {
+            let (d, a) = spiral(t, [y[2 * n], y[2 * n + 1]]);
+            dy[2 * n..2 * n + 2].copy_from_slice(&d);
+            dy[6 + n] = a;
+        }
+        dy
+    };
+    let y0: Vec<f64> = x0.iter().map(|&v| f64::from(v)).chain(a0).collect();
+    let (rtol, atol) = (1e-4, 1e-6);
+    #[allow(clippy::type_complexity)]
+    let cases: [((f64, f64), f64, (usize, usize, usize), [f64; 9]); 2] = [
+        (
+            (0.0, 1.0),
+            0.00798396464551341,
+            (74, 9, 3),
+            [
+                0.2752223066150307,
+                0.6195629883412375,
+                -0.0006455410287186942,
+                0.001156085231048373,
+                -0.0008063153514112229,
+                -0.0018151259424059685,
+                0.2244815429132804,
+                0.3093342355573912,
+                -1.1930010190255447,
+            ],
+        ),
+        (
+            (1.0, 0.25),
+            0.011121199797041797,
+            (56, 9, 0),
+            [
+                -1.4118667104828222,
+                -0.8080297264103771,
+                -0.0003919848538308443,
+                -0.0031529515707665714,
+                0.0041363282533676445,
+                0.002367274589092901,
+                1.0877472483531379,
+                0.8823310091277069,
+                -0.62048701316607,
+            ],
+        ),
+    ];
+    for ((t0, t1), h_scipy, (nfev, acc, rej), y_scipy) in cases {
+        let (y_ref, n_ref, acc_ref, rej_ref, h_ref) = scipy_rk45(flat, t0, t1, &y0, rtol, atol);
+        assert!(
+            (h_ref - h_scipy).abs() <= 1e-12 * h_scipy,
+            "{t0}->{t1}: initial step {h_ref} vs scipy {h_scipy}"
+        );
+        assert_eq!(
+            (n_ref, acc_ref, rej_ref),
+            (nfev, acc, rej),
+            "{t0}->{t1}: reference vs scipy"
+        );
+        for (r, s) in y_ref.iter().zip(&y_scipy) {
+            assert!(
+                (r - s).abs() <= 1e-12 * s.abs().max(1e-3),
+                "{t0}->{t1}: {r} vs scipy {s}"
+            );
+        }
+        let cfg = OdeConfig {
+            rtol,
+            atol,
+            scope: StepScope::Batch,
+            ..OdeConfig::default()
+        };
+        let x = b.tensor(x0.to_vec(), &Shape::new([3, 2]).unwrap()).unwrap();
+        let mut rhs = Spiral { times: Vec::new() };
+        let sol = integrate(&b, &mut rhs, x, a0.to_vec(), t0, t1, &cfg).unwrap();
+        // Evaluation 3 is the first stage of the first step, at t0 + h / 5.
+        let h_init = 5.0 * (rhs.times[2] - t0).abs();
+        assert!(
+            (h_init - h_ref).abs() <= 1e-6 * h_ref,
+            "{t0}->{t1}: initial step {h_init} vs {h_ref}"
+        );
+        println!(
+            "{t0}->{t1}: Batch h0 {h_init:.6e} NFE {} accepted {:?} rejected {:?}; \
+             scipy h0 {h_ref:.6e} NFE {nfev} accepted {acc} rejected {rej}",
+            sol.nfe, sol.accepted, sol.rejected
+        );
+        assert_eq!(sol.nfe, nfev, "{t0}->{t1}: NFE");
+        assert_eq!(sol.accepted, vec![acc; 3], "{t0}->{t1}: accepted steps");
+        assert_eq!(sol.rejected, vec![rej; 3], "{t0}->{t1}: rejected steps");
+        let got = sol
+            .x
+            .data()
+            .iter()
+            .map(|&v| f64::from(v))
+            .chain(sol.aux.iter().copied());
+        // The step sizes differ only by the f32 rounding in the error norms,
+        // so the states agree to a small fraction of the tolerance.
+        let mut worst = 0.0f64;
+        for (i, (g, r)) in got.zip(&y_ref).enumerate() {
+            let rel = (g - r).abs() / (atol + rtol * r.abs());
+            worst = worst.max(rel);
+            assert!(rel <= 0.1, "{t0}->{t1} element {i}: {g} vs {r}");
+        }
+        println!("{t0}->{t1}: max |x - x_ref| / (atol + rtol |x_ref|) = {worst:.2e}");
+    }
+}
