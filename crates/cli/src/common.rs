@@ -3,14 +3,14 @@
 //! interruption, and loading a checkpoint's data set.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use score_net::gpu::WgpuBackend;
-use sde_core::{Backend, CpuBackend, ScoreModel, ScoreVjp};
+use sde_core::CpuBackend;
 
 /// Which backend runs the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -136,72 +136,6 @@ pub fn interrupted() -> Arc<AtomicBool> {
         flag
     })
     .clone()
-}
-
-/// Raised through the solvers when the user interrupts.
-#[derive(Debug)]
-pub struct UserInterrupt;
-
-impl std::fmt::Display for UserInterrupt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("interrupted by the user")
-    }
-}
-
-impl std::error::Error for UserInterrupt {}
-
-/// A score model that counts evaluations on a progress bar and stops with
-/// [`UserInterrupt`] once Ctrl-C was pressed.
-pub struct Watched<'a, M> {
-    /// The model.
-    pub inner: &'a M,
-    /// Ticked once per evaluation.
-    pub bar: &'a ProgressBar,
-    /// The interruption flag.
-    pub stop: Arc<AtomicBool>,
-    /// Evaluations so far.
-    pub count: AtomicUsize,
-}
-
-impl<'a, M> Watched<'a, M> {
-    /// Wraps `inner`.
-    pub fn new(inner: &'a M, bar: &'a ProgressBar) -> Self {
-        Watched {
-            inner,
-            bar,
-            stop: interrupted(),
-            count: AtomicUsize::new(0),
-        }
-    }
-
-    fn tick(&self) -> sde_core::Result<()> {
-        if self.stop.load(Ordering::SeqCst) {
-            return Err(sde_core::Error::Model(Box::new(UserInterrupt)));
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.bar.inc(1);
-        Ok(())
-    }
-}
-
-impl<B: Backend, M: ScoreModel<B>> ScoreModel<B> for Watched<'_, M> {
-    fn score(&self, b: &B, x: &B::Tensor, t: &[f64]) -> sde_core::Result<B::Tensor> {
-        self.tick()?;
-        self.inner.score(b, x, t)
-    }
-}
-
-impl<B: Backend, M: ScoreVjp<B>> ScoreVjp<B> for Watched<'_, M> {
-    fn score_and_vjp(
-        &self,
-        b: &B,
-        x: &B::Tensor,
-        t: &[f64],
-        v: &B::Tensor,
-    ) -> sde_core::Result<(B::Tensor, B::Tensor)> {
-        self.tick()?;
-        self.inner.score_and_vjp(b, x, t, v)
-    }
 }
 
 /// Splits a batch of `n` items into chunks of at most `size`.

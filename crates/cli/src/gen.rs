@@ -13,7 +13,7 @@ use serde_json::json;
 use solvers::SamplerConfig;
 use train::{TrainingCheckpoint, Weights};
 
-use crate::common::{chunks, serde_enum, with_backend, Ctx, UserInterrupt};
+use crate::common::{chunks, serde_enum, with_backend, Ctx};
 use crate::sampler_args::{progress_bar, CliHooks};
 pub use crate::sampler_args::{OdeArgs, PcArgs, SamplerArgs, SamplerKind};
 
@@ -148,13 +148,10 @@ pub fn draw_samples<B: NetBackend>(
     Ok((out, nfe))
 }
 
-/// Turns an interruption (Ctrl-C through the hooks, or a wrapped
-/// [`UserInterrupt`]) into a plain message.
+/// Turns an interruption (Ctrl-C, reported through the sampler hooks) into a
+/// plain message.
 pub fn interrupt_aware(e: solvers::SolverError) -> anyhow::Error {
-    let text = e.to_string();
-    if matches!(e, solvers::SolverError::Interrupted { .. })
-        || text.contains(&UserInterrupt.to_string())
-    {
+    if matches!(e, solvers::SolverError::Interrupted { .. }) {
         anyhow::anyhow!("interrupted by the user")
     } else {
         e.into()

@@ -12,8 +12,9 @@ use serde_json::json;
 use solvers::{DataScale, Divergence, LikelihoodConfig};
 use train::data::Transform;
 
-use crate::common::{chunks, with_backend, Ctx, Watched};
+use crate::common::{chunks, with_backend, Ctx};
 use crate::gen::{interrupt_aware, Loaded, ModelArgs, OdeArgs};
+use crate::sampler_args::CliHooks;
 
 /// Arguments of `scoresde likelihood`.
 #[derive(Clone, Debug, clap::Args)]
@@ -79,9 +80,16 @@ pub fn bits_per_dim<B: NetBackend>(
         let idx: Vec<usize> = r.collect();
         let x = set.batch(&idx, &t, &mut rng);
         let x = b.tensor(x, &m.shape(idx.len())?)?;
-        let w = Watched::new(&m.model, &bar);
-        let o =
-            solvers::likelihood(b, &m.model.sde, &w, &x, cfg, &mut rng).map_err(interrupt_aware)?;
+        let o = solvers::likelihood_with_hooks(
+            b,
+            &m.model.sde,
+            &m.model,
+            &x,
+            cfg,
+            &mut rng,
+            &mut CliHooks::new(&bar),
+        )
+        .map_err(interrupt_aware)?;
         nfe += o.nfe;
         bpd.extend(o.bpd);
         bar.set_message(format!(

@@ -195,10 +195,14 @@ pub(crate) fn progress_bar<S: Sde + ?Sized>(
 }
 
 /// Progress and Ctrl-C for every sampler: moves the bar to each finished step
-/// (to the NFE for the adaptive ODE) and stops once Ctrl-C was pressed.
+/// (counts score evaluations for the adaptive ODE) and stops once Ctrl-C was
+/// pressed.
 pub(crate) struct CliHooks<'a> {
     bar: &'a indicatif::ProgressBar,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The NFE last reported (the ODE's spinner counts evaluations across
+    /// solves, each of which counts from 0).
+    last_nfe: usize,
 }
 
 impl<'a> CliHooks<'a> {
@@ -207,18 +211,21 @@ impl<'a> CliHooks<'a> {
         CliHooks {
             bar,
             stop: crate::common::interrupted(),
+            last_nfe: 0,
         }
     }
 }
 
 impl<B: Backend> SamplerHooks<B> for CliHooks<'_> {
     fn on_step(&mut self, info: &StepInfo) -> std::ops::ControlFlow<()> {
-        let pos = if info.total.is_some() {
-            info.step
+        if info.total.is_some() {
+            self.bar.set_position(info.step as u64);
         } else {
-            info.nfe
-        };
-        self.bar.set_position(pos as u64);
+            // A new solve starts counting from 0 again.
+            let delta = info.nfe.checked_sub(self.last_nfe).unwrap_or(info.nfe);
+            self.bar.inc(delta as u64);
+            self.last_nfe = info.nfe;
+        }
         if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
             std::ops::ControlFlow::Break(())
         } else {

@@ -68,7 +68,8 @@ pub use grid::TimeGrid;
 pub use heun::HeunConfig;
 pub use hooks::{Progress, SampleOutput, SamplerHooks, StepInfo, Update};
 pub use likelihood::{
-    likelihood, DataScale, Divergence, LikelihoodConfig, LikelihoodOutput, Probe,
+    likelihood, likelihood_with_hooks, DataScale, Divergence, LikelihoodConfig, LikelihoodOutput,
+    Probe,
 };
 pub use ode::{
     decode, encode, integrate, integrate_with_hooks, ode_sample, ode_sample_from, OdeOutput,

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::OdeConfig;
 use crate::error::{ensure, Result};
-use crate::ode::{integrate, OdeRhs};
+use crate::hooks::SamplerHooks;
+use crate::ode::{integrate_with_hooks, OdeRhs};
 
 /// The distribution of Hutchinson probes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +274,26 @@ where
     S: Sde + ?Sized,
     M: ScoreVjp<B> + ?Sized,
 {
+    likelihood_with_hooks(b, sde, model, x, cfg, rng, &mut ())
+}
+
+/// [`likelihood`] with [`SamplerHooks`]: `on_step` after every step of each
+/// ODE solve (its `nfe` counts from 0 again for each repeat) may stop it.
+pub fn likelihood_with_hooks<B, S, M, H>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    x: &B::Tensor,
+    cfg: &LikelihoodConfig,
+    rng: &mut NoiseRng,
+    hooks: &mut H,
+) -> Result<LikelihoodOutput>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreVjp<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
+{
     ensure(
         cfg.eps.is_finite() && cfg.eps > 0.0 && cfg.eps < sde.t_max(),
         "eps",
@@ -322,7 +343,7 @@ where
             drift_trace,
             basis: exact_basis.clone(),
         };
-        let sol = integrate(
+        let sol = integrate_with_hooks(
             b,
             &mut rhs,
             xin,
@@ -330,6 +351,8 @@ where
             cfg.eps,
             sde.t_max(),
             &cfg.ode,
+            hooks,
+            rng,
         )?;
         nfe += sol.nfe;
         let prior = sde.prior_log_prob(b, &sol.x)?;
