@@ -4,6 +4,8 @@
 //!
 //! - [`sde`]: the forward SDEs (VE, VP, sub-VP) with their perturbation kernels,
 //!   discretisations, reverse-time and probability-flow drifts;
+//! - [`schedule`]: an SDE from any noise schedule `m(t)`, `s(t)`, with the
+//!   cosine and rectified-flow schedules;
 //! - [`dsm`]: denoising score-matching targets, weightings and the loss;
 //! - [`Backend`]: batched tensors and the elementwise / per-sample ops the
 //!   samplers need, with the [`CpuBackend`] implementation;
@@ -47,6 +49,7 @@ pub mod dsm;
 pub mod error;
 pub mod model;
 pub mod rng;
+pub mod schedule;
 pub mod sde;
 pub mod shape;
 pub mod stats;
@@ -56,6 +59,7 @@ pub use cpu::{CpuBackend, CpuTensor};
 pub use error::{Error, Result};
 pub use model::{ScoreModel, ScoreVjp};
 pub use rng::{NoiseKey, NoiseRng};
+pub use schedule::{CosineSde, Kernel, RectifiedFlowSde, Rescheduled, ScheduleSde};
 pub use sde::{
     AncestralStep, AnySde, DiscreteSchedule, Discretization, Marginal, Sde, SdeConfig, SdeExt,
     SdeKind, SubVpSde, VeSde, VpSde,

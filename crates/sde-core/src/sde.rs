@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::coefs_f32;
 use crate::error::ensure_param;
+use crate::schedule::{CosineKernel, CosineSde, LinearKernel, RectifiedFlowSde, ScheduleSde};
 use crate::{Backend, Coef, Error, NoiseKey, Result, Shape};
 
 /// Which SDE family.
@@ -37,6 +38,12 @@ pub enum SdeKind {
     Vp,
     /// Sub-variance preserving.
     SubVp,
+    /// The cosine schedule ([`crate::schedule::CosineKernel`]).
+    Cosine,
+    /// Rectified flow / linear interpolation ([`crate::schedule::LinearKernel`]).
+    RectifiedFlow,
+    /// A user's own [`crate::schedule::Kernel`].
+    Custom,
 }
 
 impl std::fmt::Display for SdeKind {
@@ -45,6 +52,9 @@ impl std::fmt::Display for SdeKind {
             SdeKind::Ve => "VE",
             SdeKind::Vp => "VP",
             SdeKind::SubVp => "sub-VP",
+            SdeKind::Cosine => "cosine",
+            SdeKind::RectifiedFlow => "rectified-flow",
+            SdeKind::Custom => "custom",
         })
     }
 }
@@ -580,7 +590,10 @@ impl Sde for SubVpSde {
 
 /// Serialisable choice of SDE with its parameters; the reference defaults come
 /// from [`SdeConfig::default_for`]. Reads from TOML as, e.g.,
-/// `kind = "vp"`, `beta_min = 0.1`, `beta_max = 20.0`, `num_steps = 1000`.
+/// `kind = "vp"`, `beta_min = 0.1`, `beta_max = 20.0`, `num_steps = 1000`,
+/// or `kind = "cosine"`, `logsnr_min = -10.0`, `logsnr_max = 8.77`,
+/// `num_steps = 1000`, or `kind = "rectified-flow"`, `mean_at_t_max = 1e-3`,
+/// `num_steps = 1000`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SdeConfig {
@@ -612,10 +625,28 @@ pub enum SdeConfig {
         /// Discretisation steps `N` (reference: 1000).
         num_steps: usize,
     },
+    /// The cosine schedule (variance preserving; [`crate::schedule::CosineKernel`]).
+    Cosine {
+        /// Log-SNR `ln(m^2/s^2)` at `t = 1` (default -10).
+        logsnr_min: f64,
+        /// Log-SNR at `t = 0` (default 8.77: Nichol & Dhariwal's offset 0.008).
+        logsnr_max: f64,
+        /// Steps `N` of the predictor–corrector grid (default 1000).
+        num_steps: usize,
+    },
+    /// Rectified flow: `m = 1 - (1 - m_T) t`, `s = t`
+    /// ([`crate::schedule::LinearKernel`]).
+    RectifiedFlow {
+        /// `m(1)`, small and positive (default 1e-3).
+        mean_at_t_max: f64,
+        /// Steps `N` of the predictor–corrector grid (default 1000).
+        num_steps: usize,
+    },
 }
 
 impl SdeConfig {
-    /// The reference defaults for `kind` (SPEC.md section 1).
+    /// The reference defaults for `kind` (SPEC.md section 1; the cosine
+    /// schedule for [`SdeKind::Custom`], which has no configuration).
     pub fn default_for(kind: SdeKind) -> Self {
         match kind {
             SdeKind::Ve => SdeConfig::Ve {
@@ -633,6 +664,15 @@ impl SdeConfig {
                 beta_max: 20.0,
                 num_steps: 1000,
             },
+            SdeKind::Cosine | SdeKind::Custom => SdeConfig::Cosine {
+                logsnr_min: -10.0,
+                logsnr_max: 8.77,
+                num_steps: 1000,
+            },
+            SdeKind::RectifiedFlow => SdeConfig::RectifiedFlow {
+                mean_at_t_max: 1e-3,
+                num_steps: 1000,
+            },
         }
     }
 
@@ -642,6 +682,8 @@ impl SdeConfig {
             SdeConfig::Ve { .. } => SdeKind::Ve,
             SdeConfig::Vp { .. } => SdeKind::Vp,
             SdeConfig::SubVp { .. } => SdeKind::SubVp,
+            SdeConfig::Cosine { .. } => SdeKind::Cosine,
+            SdeConfig::RectifiedFlow { .. } => SdeKind::RectifiedFlow,
         }
     }
 
@@ -651,7 +693,9 @@ impl SdeConfig {
         match &mut out {
             SdeConfig::Ve { num_steps, .. }
             | SdeConfig::Vp { num_steps, .. }
-            | SdeConfig::SubVp { num_steps, .. } => *num_steps = n,
+            | SdeConfig::SubVp { num_steps, .. }
+            | SdeConfig::Cosine { num_steps, .. }
+            | SdeConfig::RectifiedFlow { num_steps, .. } => *num_steps = n,
         }
         out
     }
@@ -674,6 +718,21 @@ impl SdeConfig {
                 beta_max,
                 num_steps,
             } => AnySde::SubVp(SubVpSde::new(beta_min, beta_max, num_steps)?),
+            SdeConfig::Cosine {
+                logsnr_min,
+                logsnr_max,
+                num_steps,
+            } => AnySde::Cosine(ScheduleSde::new(
+                CosineKernel::new(logsnr_min, logsnr_max)?,
+                num_steps,
+            )?),
+            SdeConfig::RectifiedFlow {
+                mean_at_t_max,
+                num_steps,
+            } => AnySde::RectifiedFlow(ScheduleSde::new(
+                LinearKernel::new(mean_at_t_max)?,
+                num_steps,
+            )?),
         })
     }
 }
@@ -685,8 +744,8 @@ impl Default for SdeConfig {
     }
 }
 
-/// One of the three SDEs, for code that picks the family at run time while
-/// still reaching family-specific schedules (SMLD sigmas, DDPM betas).
+/// One of the configurable SDEs, for code that picks the family at run time
+/// while still reaching family-specific schedules (SMLD sigmas, DDPM betas).
 #[derive(Clone, Debug, PartialEq)]
 pub enum AnySde {
     /// Variance exploding.
@@ -695,6 +754,10 @@ pub enum AnySde {
     Vp(VpSde),
     /// Sub-variance preserving.
     SubVp(SubVpSde),
+    /// The cosine schedule.
+    Cosine(CosineSde),
+    /// Rectified flow.
+    RectifiedFlow(RectifiedFlowSde),
 }
 
 impl AnySde {
@@ -703,6 +766,8 @@ impl AnySde {
             AnySde::Ve(s) => s,
             AnySde::Vp(s) => s,
             AnySde::SubVp(s) => s,
+            AnySde::Cosine(s) => s,
+            AnySde::RectifiedFlow(s) => s,
         }
     }
 }

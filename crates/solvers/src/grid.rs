@@ -12,6 +12,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub use sde_core::schedule::noise_to_signal;
+use sde_core::schedule::time_for_noise_to_signal as time_for_sigma;
 use sde_core::sde::linspace;
 use sde_core::Sde;
 use serde::{Deserialize, Serialize};
@@ -83,30 +85,6 @@ impl From<TimeGrid> for String {
     fn from(g: TimeGrid) -> String {
         g.to_string()
     }
-}
-
-/// `sigma(t) = s(t) / m(t)`, the noise-to-signal ratio (increasing in `t`).
-pub fn noise_to_signal<S: Sde + ?Sized>(sde: &S, t: f64) -> f64 {
-    let k = sde.marginal(t);
-    k.std / k.mean_coef
-}
-
-/// The time at which `sigma(t) = target`, by bisection on `[lo, hi]`
-/// (where `sigma` is increasing). `target` must lie in `[sigma(lo), sigma(hi)]`.
-fn time_for_sigma<S: Sde + ?Sized>(sde: &S, target: f64, lo: f64, hi: f64) -> f64 {
-    let (mut lo, mut hi) = (lo, hi);
-    for _ in 0..200 {
-        let mid = 0.5 * (lo + hi);
-        if mid <= lo || mid >= hi {
-            break;
-        }
-        if noise_to_signal(sde, mid) < target {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    0.5 * (lo + hi)
 }
 
 impl TimeGrid {

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{check_samples, mixture_16d, mixture_2d, reweighted, test_sdes, widened};
+use common::{all_sdes, check_samples, mixture_16d, mixture_2d, reweighted, widened};
 use sde_core::analytic::{AnalyticScore, DiagGaussian, GaussianMixture};
 use sde_core::{AnySde, Backend, CpuBackend, NoiseRng, Sde, Shape, VpSde};
 use solvers::{
@@ -91,7 +91,7 @@ fn samplers() -> Vec<(&'static str, SamplerConfig, usize)> {
 #[test]
 fn fast_samplers_sample_the_2d_mixture() {
     let data = mixture_2d();
-    for (i, sde) in test_sdes(1000).iter().enumerate() {
+    for (i, sde) in all_sdes(1000).iter().enumerate() {
         for (j, (name, cfg, nfe)) in samplers().into_iter().enumerate() {
             let (x, got) = run(sde, &data, &cfg, 300 + (10 * i + j) as u64);
             assert_eq!(got, nfe, "{name}");
@@ -105,7 +105,7 @@ fn fast_samplers_sample_the_2d_mixture() {
 #[test]
 fn fast_samplers_sample_the_16d_mixture() {
     let data = mixture_16d();
-    for (i, sde) in test_sdes(1000).iter().enumerate() {
+    for (i, sde) in all_sdes(1000).iter().enumerate() {
         for (j, (name, cfg, _)) in samplers().into_iter().enumerate().step_by(2) {
             let (x, _) = run(sde, &data, &cfg, 400 + (10 * i + j) as u64);
             if let Err(e) = check_samples(&x, &data, 21 + i as u64) {
@@ -120,7 +120,7 @@ fn fast_samplers_sample_the_16d_mixture() {
 #[test]
 fn a_wrong_score_fails_the_fast_samplers_checks() {
     let data = mixture_2d();
-    let sde = &test_sdes(1000)[1];
+    let sde = &all_sdes(1000)[1];
     for (name, cfg, _) in samplers() {
         for (kind, wrong) in [
             ("widened", widened(&data)),
@@ -181,7 +181,7 @@ fn slope(steps: &[usize], err: &[f64]) -> f64 {
 #[test]
 fn deterministic_samplers_converge_at_their_order() {
     let steps = [16usize, 32, 64, 128];
-    for sde in test_sdes(1000) {
+    for sde in all_sdes(1000) {
         for (name, order, make) in [
             (
                 "DDIM",

@@ -60,7 +60,7 @@ fn exact_divergence_matches_closed_form() {
         eps: EPS,
         ..LikelihoodConfig::default()
     };
-    for sde in common::test_sdes(1000) {
+    for sde in common::all_sdes(1000) {
         let model = AnalyticScore::new(g.clone(), sde.clone());
         let out = likelihood(&CpuBackend, &sde, &model, &x, &cfg, &mut NoiseRng::new(1)).unwrap();
         for n in 0..8 {
@@ -143,7 +143,7 @@ fn hutchinson_is_unbiased_within_reported_error() {
     }
     let mix = common::mixture_2d();
     let xm = points(&mix, 4);
-    for sde in common::test_sdes(1000) {
+    for sde in common::all_sdes(1000) {
         let model = AnalyticScore::new(mix.clone(), sde.clone());
         let exact_cfg = LikelihoodConfig {
             divergence: Divergence::Exact,

@@ -278,7 +278,7 @@ fn encode_follows_the_closed_form_flow_and_decode_inverts_it() {
         eps: Some(1e-3),
         ..OdeConfig::default()
     };
-    for sde in common::test_sdes(1000) {
+    for sde in common::all_sdes(1000) {
         let model = AnalyticScore::new(data.clone(), sde.clone());
         let n = 6;
         let x = b
@@ -323,7 +323,7 @@ fn encode_decode_round_trip_on_a_mixture() {
         atol: 1e-6,
         ..OdeConfig::default()
     };
-    for sde in common::test_sdes(1000) {
+    for sde in common::all_sdes(1000) {
         let model = AnalyticScore::new(data.clone(), sde.clone());
         let x = b
             .tensor(

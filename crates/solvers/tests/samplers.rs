@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{check_samples, energy_p, mixture_16d, mixture_2d, reweighted, test_sdes, widened};
+use common::{
+    all_sdes, check_samples, energy_p, mixture_16d, mixture_2d, reweighted, test_sdes, widened,
+};
 use sde_core::analytic::{AnalyticScore, GaussianMixture};
 use sde_core::{AnySde, Backend, CpuBackend, NoiseRng, Sde, SdeKind, Shape};
 use solvers::{
@@ -73,7 +75,7 @@ fn predictors_for(sde: &AnySde) -> Vec<PredictorKind> {
         PredictorKind::EulerMaruyama,
         PredictorKind::ReverseDiffusion,
     ];
-    if sde.kind() != SdeKind::SubVp {
+    if sde.ancestral_step(0.5).is_some() {
         p.push(PredictorKind::Ancestral);
     }
     p
@@ -82,7 +84,7 @@ fn predictors_for(sde: &AnySde) -> Vec<PredictorKind> {
 #[test]
 fn predictors_sample_the_2d_mixture() {
     let data = mixture_2d();
-    for (i, sde) in test_sdes(N_LEVELS).iter().enumerate() {
+    for (i, sde) in all_sdes(N_LEVELS).iter().enumerate() {
         for (j, p) in predictors_for(sde).into_iter().enumerate() {
             let (x, nfe) = run_pc(
                 sde,
@@ -101,7 +103,7 @@ fn predictors_sample_the_2d_mixture() {
 #[test]
 fn pc_with_langevin_samples_the_2d_mixture() {
     let data = mixture_2d();
-    for (i, sde) in test_sdes(N_LEVELS).iter().enumerate() {
+    for (i, sde) in all_sdes(N_LEVELS).iter().enumerate() {
         for (j, c) in [CorrectorKind::Langevin, CorrectorKind::AnnealedLangevin]
             .into_iter()
             .enumerate()
@@ -123,7 +125,7 @@ fn pc_with_langevin_samples_the_2d_mixture() {
 #[test]
 fn ode_sampler_samples_the_2d_mixture() {
     let data = mixture_2d();
-    for (i, sde) in test_sdes(N_LEVELS).iter().enumerate() {
+    for (i, sde) in all_sdes(N_LEVELS).iter().enumerate() {
         let (x, nfe) = run_ode(sde, &data, &OdeConfig::default(), 70 + i as u64);
         assert!(
             nfe > 10,
@@ -139,7 +141,7 @@ fn ode_sampler_samples_the_2d_mixture() {
 #[test]
 fn samplers_sample_the_16d_mixture() {
     let data = mixture_16d();
-    for (i, sde) in test_sdes(N_LEVELS).iter().enumerate() {
+    for (i, sde) in all_sdes(N_LEVELS).iter().enumerate() {
         let (x, _) = run_pc(
             sde,
             &data,

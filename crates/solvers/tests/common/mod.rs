@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use sde_core::analytic::{DiagGaussian, GaussianMixture};
-use sde_core::{AnySde, NoiseRng, SubVpSde, VeSde, VpSde};
+use sde_core::{AnySde, NoiseRng, SdeConfig, SdeKind, SubVpSde, VeSde, VpSde};
 
 /// A three-component 2-D mixture with well separated, unequal modes.
 pub fn mixture_2d() -> GaussianMixture {
@@ -61,14 +61,29 @@ pub fn reweighted(m: &GaussianMixture) -> GaussianMixture {
     GaussianMixture::new(w, m.components().to_vec()).unwrap()
 }
 
-/// The three SDEs used for sampler tests (VE's sigma_max about the largest
-/// pairwise distance of the test data, as the paper recommends).
+/// The paper's three SDEs used for sampler tests (VE's sigma_max about the
+/// largest pairwise distance of the test data, as the paper recommends).
 pub fn test_sdes(n: usize) -> Vec<AnySde> {
     vec![
         AnySde::Ve(VeSde::new(0.01, 12.0, n).unwrap()),
         AnySde::Vp(VpSde::new(0.1, 20.0, n).unwrap()),
         AnySde::SubVp(SubVpSde::new(0.1, 20.0, n).unwrap()),
     ]
+}
+
+/// The schedules beyond the paper's: cosine and rectified flow (defaults).
+pub fn schedule_sdes(n: usize) -> Vec<AnySde> {
+    [SdeKind::Cosine, SdeKind::RectifiedFlow]
+        .into_iter()
+        .map(|k| SdeConfig::default_for(k).with_num_steps(n).build().unwrap())
+        .collect()
+}
+
+/// All five SDEs.
+pub fn all_sdes(n: usize) -> Vec<AnySde> {
+    let mut v = test_sdes(n);
+    v.extend(schedule_sdes(n));
+    v
 }
 
 /// [`sde_core::stats::energy_test`] on valid input.
