@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::NetError;
 use crate::layers::{Conv, GroupNorm, Linear, ResAttn, ResAttnCache};
 use crate::params::ParamBuilder;
-use crate::time_embed::{self, TimeEmbed, TimeEmbedCache};
+use crate::time_embed::{TimeEmbed, TimeEmbedCache, TimeInput};
 use crate::unet::{Embedding, Resample, UnetConfig};
 use crate::{NetBackend, Result};
 
@@ -46,7 +46,7 @@ pub struct ClassifierConfig {
     pub dropout: f32,
     /// Divide residual sums by sqrt(2).
     pub skip_rescale: bool,
-    /// Time embedding (see [`time_embed::time_input`] for what the network sees).
+    /// Time embedding.
     pub embedding: Embedding,
     /// Standard deviation of the Fourier frequencies.
     pub fourier_scale: f32,
@@ -54,6 +54,10 @@ pub struct ClassifierConfig {
     pub resample: Resample,
     /// Number of classes `K` (at least 2).
     pub num_classes: usize,
+    /// What the network sees as time; `None` means the paper's choice for
+    /// the SDE (as [`UnetConfig::time_input`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_input: Option<TimeInput>,
 }
 
 impl Default for ClassifierConfig {
@@ -71,6 +75,7 @@ impl Default for ClassifierConfig {
             fourier_scale: u.fourier_scale,
             resample: u.resample,
             num_classes: 10,
+            time_input: None,
         }
     }
 }
@@ -90,6 +95,8 @@ impl ClassifierConfig {
             embedding: self.embedding,
             fourier_scale: self.fourier_scale,
             resample: self.resample,
+            time_input: self.time_input,
+            output: None,
         }
     }
 
@@ -256,9 +263,14 @@ impl Classifier {
         self.cfg.num_classes
     }
 
-    /// The network's time input for SDE times `t` (see [`time_embed::time_input`]).
+    /// The network's time input for SDE times `t`: the configured
+    /// [`TimeInput`], else the paper's for the SDE's family.
     pub fn time_input<S: Sde + ?Sized>(&self, sde: &S, t: &[f64]) -> Vec<f64> {
-        time_embed::time_input(sde, self.cfg.embedding, t)
+        self.cfg
+            .backbone()
+            .conditioning(sde.kind())
+            .time_input
+            .of(sde, t)
     }
 
     /// Checks `x` and one time input per sample; returns the batch size.

@@ -10,7 +10,7 @@
 //! - [`embed`]: sinusoidal and Gaussian-Fourier time features;
 //!   [`time_embed`]: the time-embedding MLP both networks share
 //!   ([`TimeEmbed`]) and the SDE-time-to-network-input mapping
-//!   ([`time_embed::time_input`]);
+//!   ([`time_embed::TimeInput`], [`time_embed::Conditioning`]);
 //! - [`layers`] and [`unet`]: the DDPM++-family UNet with explicit backward;
 //!   [`unet_score`]: [`UnetScore`], which implements `sde_core::ScoreModel`;
 //! - [`classifier`]: the noise-conditional classifier `p_t(y | x(t))`
@@ -49,6 +49,6 @@ pub use error::{GpuError, NetError, Result};
 pub use net_backend::{AdamStep, Conv2dSpec, NetBackend, View};
 pub use network::Network;
 pub use params::{Init, ParamBuilder, ParamStore, PARAM_ALIGN};
-pub use time_embed::TimeEmbed;
+pub use time_embed::{Conditioning, OutputScale, TimeEmbed, TimeInput};
 pub use unet::{Embedding, Resample, Unet, UnetConfig};
 pub use unet_score::UnetScore;

@@ -3,10 +3,12 @@
 //! the network's time input ([`crate::embed`]: sinusoidal for DDPM++,
 //! Gaussian Fourier for NCSN++; Song et al. 2021, appendix H), followed by a
 //! two-layer MLP `temb.1(silu(temb.0(features)))` whose output is projected
-//! into every residual block. Also the mapping from SDE time to the network's
-//! time input ([`time_input`]).
+//! into every residual block. Also the network's conditioning on the SDE:
+//! its time input ([`TimeInput`]) and output scale ([`OutputScale`]),
+//! chosen once per run ([`Conditioning`]).
 
 use sde_core::{Sde, SdeKind, Shape};
+use serde::{Deserialize, Serialize};
 
 use crate::embed;
 use crate::layers::Linear;
@@ -14,18 +16,84 @@ use crate::params::ParamBuilder;
 use crate::unet::Embedding;
 use crate::{NetBackend, Result};
 
-/// The network's time input for each SDE time `t`: VE networks with the
-/// positional embedding see `sigma(t)`, VE networks with Fourier features see
-/// `ln sigma(t)`, VP / sub-VP networks see `999 t` (the conditioning of the
-/// paper's DDPM++ and NCSN++ models, Song et al. 2021, appendix H).
-pub fn time_input<S: Sde + ?Sized>(sde: &S, embedding: Embedding, t: &[f64]) -> Vec<f64> {
-    t.iter()
-        .map(|&t| match (sde.kind(), embedding) {
-            (SdeKind::Ve, Embedding::Positional) => sde.marginal(t).std,
-            (SdeKind::Ve, Embedding::Fourier) => sde.marginal(t).std.ln(),
-            _ => 999.0 * t,
-        })
-        .collect()
+/// What a network sees as its time input (Song et al. 2021, appendix H).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeInput {
+    /// `999 t`, the DDPM step index scale (DDPM++; any schedule).
+    DdpmSteps,
+    /// The kernel's noise level `s(t)` (NCSN++ with the positional embedding).
+    NoiseStd,
+    /// `ln s(t)` (NCSN++ with Gaussian Fourier features).
+    LogNoiseStd,
+}
+
+impl TimeInput {
+    /// The input for each SDE time `t`.
+    pub fn of<S: Sde + ?Sized>(self, sde: &S, t: &[f64]) -> Vec<f64> {
+        t.iter()
+            .map(|&t| match self {
+                TimeInput::DdpmSteps => 999.0 * t,
+                TimeInput::NoiseStd => sde.marginal(t).std,
+                TimeInput::LogNoiseStd => sde.marginal(t).std.ln(),
+            })
+            .collect()
+    }
+}
+
+/// How a score network's output becomes the score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputScale {
+    /// The network predicts the added noise: `score = -out / s(t)` (DDPM++).
+    Noise,
+    /// The network predicts `s(t)` times the score: `score = out / s(t)` (NCSN++).
+    ScaledScore,
+}
+
+impl OutputScale {
+    /// The factor `c` with `score = c * out` at noise level `s`.
+    pub fn factor(self, s: f64) -> f64 {
+        match self {
+            OutputScale::Noise => -1.0 / s,
+            OutputScale::ScaledScore => 1.0 / s,
+        }
+    }
+}
+
+/// A score network's conditioning: its time input and output scale. Chosen
+/// once, from the SDE, when a run is configured (the configuration then
+/// records it); [`Conditioning::paper_default`] is that choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conditioning {
+    /// What the network sees as time.
+    pub time_input: TimeInput,
+    /// How its output becomes the score.
+    pub output: OutputScale,
+}
+
+impl Conditioning {
+    /// The paper's conditioning for an SDE family (appendix H): NCSN++'s for
+    /// VE (`s(t)` with the positional embedding or `ln s(t)` with Fourier
+    /// features; output `s(t)` times the score), DDPM++'s for every other
+    /// family (`999 t`, noise prediction). Configurations written before the
+    /// conditioning was recorded are read with this default.
+    pub fn paper_default(kind: SdeKind, embedding: Embedding) -> Self {
+        match (kind, embedding) {
+            (SdeKind::Ve, Embedding::Positional) => Conditioning {
+                time_input: TimeInput::NoiseStd,
+                output: OutputScale::ScaledScore,
+            },
+            (SdeKind::Ve, Embedding::Fourier) => Conditioning {
+                time_input: TimeInput::LogNoiseStd,
+                output: OutputScale::ScaledScore,
+            },
+            _ => Conditioning {
+                time_input: TimeInput::DdpmSteps,
+                output: OutputScale::Noise,
+            },
+        }
+    }
 }
 
 /// Time features plus the MLP `temb.0` (`nf -> 4 nf`), SiLU, `temb.1`

@@ -73,6 +73,14 @@ pub struct UnetConfig {
     pub fourier_scale: f32,
     /// Down/up-sampling layers.
     pub resample: Resample,
+    /// What the network sees as time; `None` (configurations written before
+    /// it was recorded) means the paper's choice for the SDE
+    /// ([`Conditioning::paper_default`](crate::Conditioning::paper_default)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_input: Option<crate::TimeInput>,
+    /// How the output becomes the score; `None` as for `time_input`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<crate::OutputScale>,
 }
 
 impl Default for UnetConfig {
@@ -88,6 +96,8 @@ impl Default for UnetConfig {
             embedding: Embedding::Positional,
             fourier_scale: 16.0,
             resample: Resample::Conv,
+            time_input: None,
+            output: None,
         }
     }
 }
@@ -123,6 +133,27 @@ impl UnetConfig {
             return bad("dropout", self.dropout.to_string(), "must lie in [0, 1)");
         }
         Ok(())
+    }
+
+    /// The conditioning for an SDE of family `kind`: the recorded fields,
+    /// else the paper's default for the family.
+    pub fn conditioning(&self, kind: sde_core::SdeKind) -> crate::Conditioning {
+        let d = crate::Conditioning::paper_default(kind, self.embedding);
+        crate::Conditioning {
+            time_input: self.time_input.unwrap_or(d.time_input),
+            output: self.output.unwrap_or(d.output),
+        }
+    }
+
+    /// The same configuration with its conditioning recorded for `kind`
+    /// (fields already set are kept).
+    pub fn with_conditioning_for(&self, kind: sde_core::SdeKind) -> Self {
+        let c = self.conditioning(kind);
+        UnetConfig {
+            time_input: Some(c.time_input),
+            output: Some(c.output),
+            ..self.clone()
+        }
     }
 
     /// Number of resolution levels.

@@ -1,21 +1,25 @@
 //! [`UnetScore`]: the UNet as a [`ScoreModel`] for an SDE (Song et al. 2021,
-//! section 4 and appendix H): VP / sub-VP networks see `999 t` and predict
-//! noise (`score = -out / s(t)`); VE networks see `sigma(t)` (positional) or
-//! `ln sigma(t)` (Fourier) and are scaled (`score = out / sigma(t)`). Both
+//! section 4 and appendix H), conditioned as its configuration records
+//! ([`Conditioning`]): by default VP / sub-VP networks see `999 t` and
+//! predict noise (`score = -out / s(t)`); VE networks see `sigma(t)`
+//! (positional) or `ln sigma(t)` (Fourier) and are scaled
+//! (`score = out / sigma(t)`). Both
 //! the parameter gradients (training) and the input vector-Jacobian product
 //! (likelihoods, [`ScoreVjp`]) come from one explicit backward pass.
 
-use sde_core::{Backend, Coef, NoiseKey, ScoreModel, ScoreVjp, Sde, SdeKind};
+use sde_core::{Backend, Coef, NoiseKey, ScoreModel, ScoreVjp, Sde};
 
 use crate::checkpoint::{self, Checkpoint, StorageDtype};
 use crate::params::{ParamBuilder, ParamStore};
-use crate::time_embed;
+use crate::time_embed::Conditioning;
 use crate::unet::{Unet, UnetCache, UnetConfig};
 use crate::{NetBackend, Result};
 
-/// The UNet as a score model for an SDE (Song et al. 2021, section 4): VP / sub-VP nets
-/// see `999 t` and predict noise (`score = -out / s(t)`); VE nets see `sigma(t)`
-/// (positional) or `ln sigma(t)` (Fourier) and are scaled (`score = out / sigma(t)`).
+/// The UNet as a score model for an SDE (Song et al. 2021, section 4), with
+/// the conditioning of its configuration ([`UnetConfig::conditioning`]): by
+/// default VP / sub-VP (and the other schedules) see `999 t` and predict
+/// noise (`score = -out / s(t)`); VE nets see `sigma(t)` (positional) or
+/// `ln sigma(t)` (Fourier) and are scaled (`score = out / sigma(t)`).
 #[derive(Clone, Debug)]
 pub struct UnetScore<B: Backend, S> {
     /// The network structure.
@@ -35,21 +39,21 @@ impl<B: NetBackend, S: Sde> UnetScore<B, S> {
         Ok(UnetScore { net, store, sde })
     }
 
+    /// The network's conditioning (time input and output scale).
+    pub fn conditioning(&self) -> Conditioning {
+        self.net.config().conditioning(self.sde.kind())
+    }
+
     /// The network's time input for each `t`.
     pub fn time_input(&self, t: &[f64]) -> Vec<f64> {
-        time_embed::time_input(&self.sde, self.net.config().embedding, t)
+        self.conditioning().time_input.of(&self.sde, t)
     }
 
     /// Per-sample factor `c` with `score = c * out`.
     pub fn output_scale(&self, t: &[f64]) -> Vec<f32> {
+        let out = self.conditioning().output;
         t.iter()
-            .map(|&t| {
-                let s = self.sde.marginal(t).std;
-                (match self.sde.kind() {
-                    SdeKind::Ve => 1.0 / s,
-                    _ => -1.0 / s,
-                }) as f32
-            })
+            .map(|&t| out.factor(self.sde.marginal(t).std) as f32)
             .collect()
     }
 

@@ -28,6 +28,7 @@ fn tiny(embedding: Embedding, resample: Resample) -> ClassifierConfig {
         fourier_scale: 16.0,
         resample,
         num_classes: K,
+        time_input: None,
     }
 }
 

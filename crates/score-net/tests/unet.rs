@@ -23,6 +23,8 @@ fn tiny(embedding: Embedding, resample: Resample) -> UnetConfig {
         embedding,
         fourier_scale: 16.0,
         resample,
+        time_input: None,
+        output: None,
     }
 }
 

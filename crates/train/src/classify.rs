@@ -74,6 +74,11 @@ impl Task for ClassifierTask {
         check_square_image(cfg.net.in_channels, cfg.net.channel_mult.len(), shape)
     }
 
+    fn record_sde_choices(cfg: &mut RunConfig<Self>, sde: &AnySde) {
+        let c = cfg.net.backbone().conditioning(sde.kind());
+        cfg.net.time_input = Some(c.time_input);
+    }
+
     fn uses_dropout(cfg: &RunConfig<Self>) -> bool {
         cfg.net.dropout > 0.0
     }

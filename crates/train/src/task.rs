@@ -69,6 +69,11 @@ pub trait Task: Clone + Debug + Default + PartialEq + Send + Sync + 'static {
     /// Checks that images of `[C, H, W]` fit the configured network.
     fn check_image_shape(cfg: &RunConfig<Self>, shape: [usize; 3]) -> Result<()>;
 
+    /// Records in a new run's configuration the choices made from its SDE
+    /// (the score network's time input and output scale), so that the run's
+    /// checkpoints and `config.toml` say what the network was trained with.
+    fn record_sde_choices(_cfg: &mut RunConfig<Self>, _sde: &AnySde) {}
+
     /// Whether the network has dropout to switch on during training.
     fn uses_dropout(cfg: &RunConfig<Self>) -> bool;
 
@@ -125,6 +130,10 @@ impl Task for ScoreTask {
 
     fn check_image_shape(cfg: &RunConfig<Self>, shape: [usize; 3]) -> Result<()> {
         check_square_image(cfg.net.in_channels, cfg.net.channel_mult.len(), shape)
+    }
+
+    fn record_sde_choices(cfg: &mut RunConfig<Self>, sde: &AnySde) {
+        cfg.net = cfg.net.with_conditioning_for(sde_core::Sde::kind(sde));
     }
 
     fn uses_dropout(cfg: &RunConfig<Self>) -> bool {

@@ -293,8 +293,9 @@ pub(crate) fn key_of(s: &str) -> String {
 
 impl<B: NetBackend, T: Task> TrainLoop<B, T> {
     /// A fresh run for images of `image_shape` (`[C, H, W]`, square).
-    pub fn new(backend: B, cfg: RunConfig<T>, image_shape: [usize; 3]) -> Result<Self> {
+    pub fn new(backend: B, mut cfg: RunConfig<T>, image_shape: [usize; 3]) -> Result<Self> {
         let sde = cfg.validate()?;
+        T::record_sde_choices(&mut cfg, &sde);
         T::check_image_shape(&cfg, image_shape)?;
         let model = T::build(&backend, &cfg, image_shape[1], sde)?;
         let pshape = backend.shape(model.store().params()).clone();
