@@ -20,6 +20,7 @@
 mod common;
 mod cond_cmd;
 mod demo;
+mod frechet_cmd;
 mod gen;
 mod guide;
 mod latent_cmd;
@@ -65,8 +66,12 @@ enum Cmd {
     TrainClassifier(train_cmd::TrainArgs),
     /// Test accuracy of a classifier run at t = 0, 0.25, 0.5, 0.75, 1.
     EvalClassifier(train_cmd::EvalClassifierArgs),
-    /// Draw samples (PC sampler or probability-flow ODE) into a PNG grid.
+    /// Draw samples (PC, probability-flow ODE, DDIM, DPM-Solver++, Heun,
+    /// reverse SDE) into a PNG grid.
     Sample(gen::SampleArgs),
+    /// Fréchet distance of generated images (.npy) to the run's data, in
+    /// pixel space and in a classifier's feature space.
+    Frechet(frechet_cmd::FrechetArgs),
     /// Bits/dim of a data split under the probability-flow ODE.
     Likelihood(likelihood_cmd::LikelihoodArgs),
     /// Map images to latent codes with the probability-flow ODE.
@@ -186,6 +191,7 @@ fn main() -> ExitCode {
         Cmd::TrainClassifier(a) => train_cmd::run_classifier(&ctx, a),
         Cmd::EvalClassifier(a) => train_cmd::eval_classifier(&ctx, a),
         Cmd::Sample(a) => gen::sample(&ctx, a),
+        Cmd::Frechet(a) => frechet_cmd::frechet(&ctx, a),
         Cmd::Likelihood(a) => likelihood_cmd::likelihood(&ctx, a),
         Cmd::Encode(a) => latent_cmd::encode(&ctx, a),
         Cmd::Decode(a) => latent_cmd::decode(&ctx, a),

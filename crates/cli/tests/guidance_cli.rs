@@ -123,6 +123,78 @@ fn classifier_training_evaluation_and_guided_sampling() {
     ]));
     assert_eq!(s["n"].as_u64(), Some(2));
 
+    // The sample-quality metric: Fréchet distances of generated images to the
+    // training images, in pixels and in the classifier's feature space; real
+    // test images score far better than untrained-model samples.
+    let npy = dir.join("q.npy");
+    json(&run(&[
+        "sample",
+        "--json",
+        "--ckpt",
+        sd,
+        "--sampler",
+        "dpm-solver",
+        "--steps",
+        "5",
+        "-n",
+        "40",
+        "--out",
+        dir.join("q.png").to_str().unwrap(),
+        "--npy",
+        npy.to_str().unwrap(),
+    ]));
+    let f = json(&run(&[
+        "frechet",
+        "--json",
+        "--ckpt",
+        sd,
+        "--npy",
+        npy.to_str().unwrap(),
+        "--classifier",
+        cd,
+    ]));
+    let (fp, ff) = (
+        f["frechet_pixels"].as_f64().unwrap(),
+        f["frechet_features"].as_f64().unwrap(),
+    );
+    assert!(
+        fp.is_finite() && fp > 0.0 && ff.is_finite() && ff > 0.0,
+        "{f}"
+    );
+    assert_eq!(f["samples"], 40, "{f}");
+    let real = dir.join("real.npy");
+    let (_, test) = train::data::load(&train::data::DataConfig::default())
+        .map(|s| (s.train, s.test))
+        .unwrap();
+    let idx: Vec<usize> = (0..40).collect();
+    let t = train::data::Transform {
+        scale: train::data::Scale::MinusOneOne,
+        dequantize: false,
+        random_flip: false,
+    };
+    let x = test.batch(&idx, &t, &mut sde_core::NoiseRng::new(0));
+    train::images::write_npy(&real, &x, &[40, 1, 8, 8]).unwrap();
+    let r = json(&run(&[
+        "frechet",
+        "--json",
+        "--ckpt",
+        sd,
+        "--npy",
+        real.to_str().unwrap(),
+        "--classifier",
+        cd,
+    ]));
+    let (rp, rf) = (
+        r["frechet_pixels"].as_f64().unwrap(),
+        r["frechet_features"].as_f64().unwrap(),
+    );
+    assert!(rp < 0.5 * fp && rf < 0.5 * ff, "real {r} vs samples {f}");
+    one_line_error(
+        &run(&["frechet", "--ckpt", sd, "--npy", png.to_str().unwrap()]),
+        1,
+        "reading",
+    );
+
     // Errors, before sampling.
     let base = ["sample", "--ckpt", sd, "--classifier", cd, "--steps", "30"];
     let with = |extra: &[&str]| {

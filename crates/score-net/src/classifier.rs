@@ -165,6 +165,14 @@ pub struct ClassifierCache<T> {
     pool_shape: Shape,
 }
 
+impl<T> ClassifierCache<T> {
+    /// The pooled features `[N, C]` the head classifies (the feature space of
+    /// the sample-quality metric `scoresde frechet --classifier`).
+    pub fn pooled(&self) -> &T {
+        &self.pooled
+    }
+}
+
 /// The noise-conditional classifier: layer structure plus parameter views
 /// (the parameters live in a [`crate::ParamStore`]). Parameter names:
 /// `temb.{0,1}`, `conv_in`, `down.{level}.{block}` (with `.attn` where

@@ -110,6 +110,16 @@ impl<B: NetBackend, S: Sde> ClassifierModel<B, S> {
         Ok(logits)
     }
 
+    /// The pooled features `[N, C]` of `x` at times `t` (the head's input;
+    /// no dropout).
+    pub fn features(&self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<B::Tensor> {
+        self.sde.check_times(t, b.shape(x).batch())?;
+        let (_, cache) = self
+            .net
+            .forward(b, self.store.params(), x, &self.time_input(t), None)?;
+        Ok(cache.pooled().clone())
+    }
+
     /// The most probable class of each sample of `x` at times `t`.
     pub fn predict(&self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<Vec<u32>> {
         let k = self.num_classes();

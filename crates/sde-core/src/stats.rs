@@ -1,7 +1,9 @@
 //! Two-sample statistics for testing samplers against exact distributions:
 //! sample moments and an energy-distance test (Szekely and Rizzo) with a
 //! permutation p-value. `solvers` and `cond` check their samplers with them
-//! against the analytic distributions of [`crate::analytic`].
+//! against the analytic distributions of [`crate::analytic`]. Also the
+//! Fréchet distance between fitted Gaussians ([`frechet_distance`]), the
+//! sample-quality metric of the benchmarks.
 //!
 //! Both are `O(n^2)` in memory and time for the energy test: meant for a few
 //! hundred to a few thousand samples of low dimension.
@@ -110,4 +112,115 @@ pub fn moments(x: &[f32], d: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     }
     cov.iter_mut().for_each(|c| *c /= (n - 1) as f64);
     Ok((mean, cov))
+}
+
+/// The most dimensions [`frechet_distance`] takes (its eigen-decompositions
+/// cost `O(d^3)` per sweep).
+pub const MAX_FRECHET_DIM: usize = 1024;
+
+/// The Fréchet distance between Gaussians fitted to `x` and `y` (both
+/// `[n, d]` row-major, at least two rows each):
+/// `|mu_x - mu_y|^2 + tr(C_x + C_y - 2 (C_x^(1/2) C_y C_x^(1/2))^(1/2))`,
+/// the statistic of FID (Heusel et al. 2017) in whatever feature space the
+/// rows live in. Computed with symmetric eigen-decompositions (Jacobi), so it
+/// holds for rank-deficient covariances too.
+pub fn frechet_distance(x: &[f32], y: &[f32], d: usize) -> Result<f64> {
+    ensure_param(
+        d <= MAX_FRECHET_DIM,
+        "d",
+        d,
+        format!("at most {MAX_FRECHET_DIM} dimensions"),
+    )?;
+    let (mx, cx) = moments(x, d)?;
+    let (my, cy) = moments(y, d)?;
+    let mean_term: f64 = mx.iter().zip(&my).map(|(a, b)| (a - b).powi(2)).sum();
+    // S = C_x^(1/2), then the eigenvalues of S C_y S.
+    let (vals, vecs) = sym_eigen(&cx, d);
+    let roots: Vec<f64> = vals.iter().map(|v| v.max(0.0).sqrt()).collect();
+    let mut s = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..d {
+            s[i * d + j] = (0..d)
+                .map(|k| vecs[i * d + k] * roots[k] * vecs[j * d + k])
+                .sum();
+        }
+    }
+    let m = matmul(&matmul(&s, &cy, d), &s, d);
+    let (mvals, _) = sym_eigen(&m, d);
+    let cross: f64 = mvals.iter().map(|v| v.max(0.0).sqrt()).sum();
+    let trace = |c: &[f64]| (0..d).map(|i| c[i * d + i]).sum::<f64>();
+    Ok(mean_term + trace(&cx) + trace(&cy) - 2.0 * cross)
+}
+
+/// `a b` for square `d x d` row-major matrices.
+fn matmul(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+    let mut out = vec![0.0; d * d];
+    for i in 0..d {
+        for k in 0..d {
+            let aik = a[i * d + k];
+            for j in 0..d {
+                out[i * d + j] += aik * b[k * d + j];
+            }
+        }
+    }
+    out
+}
+
+/// Eigenvalues and eigenvectors (columns of the row-major `d x d` result) of
+/// the symmetric matrix `a`, by cyclic Jacobi rotations until the
+/// off-diagonal mass is negligible.
+fn sym_eigen(a: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut a = a.to_vec();
+    // Symmetrise against rounding in the inputs.
+    for i in 0..d {
+        for j in i + 1..d {
+            let v = 0.5 * (a[i * d + j] + a[j * d + i]);
+            a[i * d + j] = v;
+            a[j * d + i] = v;
+        }
+    }
+    let mut v = vec![0.0; d * d];
+    for i in 0..d {
+        v[i * d + i] = 1.0;
+    }
+    let norm: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    for _sweep in 0..100 {
+        let off: f64 = (0..d)
+            .flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * d + j].powi(2))
+            .sum::<f64>()
+            .sqrt();
+        if off <= 1e-15 * norm.max(f64::MIN_POSITIVE) {
+            break;
+        }
+        for p in 0..d {
+            for q in p + 1..d {
+                let apq = a[p * d + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                let theta = (a[q * d + q] - a[p * d + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..d {
+                    let (akp, akq) = (a[k * d + p], a[k * d + q]);
+                    a[k * d + p] = c * akp - s * akq;
+                    a[k * d + q] = s * akp + c * akq;
+                }
+                for k in 0..d {
+                    let (apk, aqk) = (a[p * d + k], a[q * d + k]);
+                    a[p * d + k] = c * apk - s * aqk;
+                    a[q * d + k] = s * apk + c * aqk;
+                }
+                for k in 0..d {
+                    let (vkp, vkq) = (v[k * d + p], v[k * d + q]);
+                    v[k * d + p] = c * vkp - s * vkq;
+                    v[k * d + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    ((0..d).map(|i| a[i * d + i]).collect(), v)
 }
