@@ -25,8 +25,12 @@ pub struct FrechetArgs {
     pub ckpt: PathBuf,
     /// The generated images: a .npy of NCHW floats in the data range, as
     /// `scoresde sample --npy` writes.
+    #[arg(long, required_unless_present = "real", conflicts_with = "real")]
+    pub npy: Option<PathBuf>,
+    /// Score the real images of this split instead of samples (the floor of
+    /// the metric: `--real test` against the training images).
     #[arg(long)]
-    pub npy: PathBuf,
+    pub real: Option<String>,
     /// Reference split.
     #[arg(long, default_value = "train")]
     pub split: String,
@@ -46,28 +50,16 @@ pub struct FrechetArgs {
 pub fn frechet(ctx: &Ctx, args: &FrechetArgs) -> Result<serde_json::Value> {
     let ck = TrainingCheckpoint::load(&args.ckpt)
         .with_context(|| format!("loading {}", args.ckpt.display()))?;
-    let (shape, samples) = train::images::read_npy(&args.npy)
-        .with_context(|| format!("reading {}", args.npy.display()))?;
     let [c, h, w] = ck.image_shape;
-    if shape.len() != 4 || shape[1..] != [c, h, w] {
-        bail!(
-            "{}: the samples are {shape:?}, the run's images [N, {c}, {h}, {w}]",
-            args.npy.display()
-        );
-    }
-    let n = shape[0];
-    if n < 2 {
-        bail!("{}: at least two samples are needed", args.npy.display());
-    }
-    if let Some(i) = samples.iter().position(|v| !v.is_finite()) {
-        bail!("{}: sample value {i} is not finite", args.npy.display());
-    }
     let splits = crate::common::load_data(&ck.config, args.data_path.clone())?;
-    let set = match args.split.as_str() {
-        "test" => &splits.test,
-        "train" => &splits.train,
-        other => bail!("--split must be `test` or `train`, not `{other}`"),
+    let split = |name: &str| match name {
+        "test" => Ok(&splits.test),
+        "train" => Ok(&splits.train),
+        other => Err(anyhow::anyhow!(
+            "a split is `test` or `train`, not `{other}`"
+        )),
     };
+    let set = split(&args.split)?;
     if set.len() < 2 {
         bail!("the {} split has fewer than two images", args.split);
     }
@@ -76,8 +68,35 @@ pub fn frechet(ctx: &Ctx, args: &FrechetArgs) -> Result<serde_json::Value> {
         dequantize: false,
         random_flip: false,
     };
-    let idx: Vec<usize> = (0..set.len()).collect();
-    let reference = set.batch(&idx, &transform, &mut NoiseRng::new(0));
+    let all = |s: &train::data::ImageSet| {
+        let idx: Vec<usize> = (0..s.len()).collect();
+        s.batch(&idx, &transform, &mut NoiseRng::new(0))
+    };
+    let (samples, n, what) = match (&args.npy, &args.real) {
+        (Some(path), _) => {
+            let (shape, samples) = train::images::read_npy(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if shape.len() != 4 || shape[1..] != [c, h, w] {
+                bail!(
+                    "{}: the samples are {shape:?}, the run's images [N, {c}, {h}, {w}]",
+                    path.display()
+                );
+            }
+            if let Some(i) = samples.iter().position(|v| !v.is_finite()) {
+                bail!("{}: sample value {i} is not finite", path.display());
+            }
+            (samples, shape[0], path.display().to_string())
+        }
+        (None, Some(name)) => {
+            let real = split(name)?;
+            (all(real), real.len(), format!("the {name} split"))
+        }
+        (None, None) => bail!("give --npy or --real"),
+    };
+    if n < 2 {
+        bail!("{what}: at least two samples are needed");
+    }
+    let reference = all(set);
     let d = c * h * w;
     let pixels = frechet_distance(&samples, &reference, d)?;
     let features = match &args.classifier {
@@ -105,6 +124,7 @@ pub fn frechet(ctx: &Ctx, args: &FrechetArgs) -> Result<serde_json::Value> {
     };
     Ok(json!({
         "command": "frechet",
+        "scored": what,
         "samples": n,
         "reference": set.len(),
         "split": args.split,

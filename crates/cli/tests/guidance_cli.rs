@@ -162,28 +162,17 @@ fn classifier_training_evaluation_and_guided_sampling() {
         "{f}"
     );
     assert_eq!(f["samples"], 40, "{f}");
-    let real = dir.join("real.npy");
-    let (_, test) = train::data::load(&train::data::DataConfig::default())
-        .map(|s| (s.train, s.test))
-        .unwrap();
-    let idx: Vec<usize> = (0..40).collect();
-    let t = train::data::Transform {
-        scale: train::data::Scale::MinusOneOne,
-        dequantize: false,
-        random_flip: false,
-    };
-    let x = test.batch(&idx, &t, &mut sde_core::NoiseRng::new(0));
-    train::images::write_npy(&real, &x, &[40, 1, 8, 8]).unwrap();
     let r = json(&run(&[
         "frechet",
         "--json",
         "--ckpt",
         sd,
-        "--npy",
-        real.to_str().unwrap(),
+        "--real",
+        "test",
         "--classifier",
         cd,
     ]));
+    assert_eq!(r["scored"], "the test split", "{r}");
     let (rp, rf) = (
         r["frechet_pixels"].as_f64().unwrap(),
         r["frechet_features"].as_f64().unwrap(),
