@@ -14,7 +14,7 @@ use solvers::SamplerConfig;
 use train::{TrainingCheckpoint, Weights};
 
 use crate::common::{chunks, serde_enum, with_backend, Ctx};
-use crate::sampler_args::{progress_bar, CliHooks};
+use crate::sampler_args::{progress_bar, steps_set_sde_n, CliHooks};
 pub use crate::sampler_args::{OdeArgs, PcArgs, SamplerArgs, SamplerKind};
 
 /// Which checkpoint and weights to use.
@@ -44,12 +44,23 @@ pub struct Loaded<B: NetBackend> {
 }
 
 impl ModelArgs {
-    /// Loads the checkpoint and builds the model on `b` (with `--steps` applied).
+    /// Loads the checkpoint and builds the model on `b` (with `--steps` as
+    /// the SDE's N).
     pub fn load<B: NetBackend>(&self, b: B) -> Result<Loaded<B>> {
+        self.load_with_sde_steps(b, self.steps)
+    }
+
+    /// Loads the checkpoint and builds the model on `b`, with the SDE's N
+    /// set to `sde_steps` when given.
+    pub fn load_with_sde_steps<B: NetBackend>(
+        &self,
+        b: B,
+        sde_steps: Option<usize>,
+    ) -> Result<Loaded<B>> {
         let ck = TrainingCheckpoint::load(&self.ckpt)
             .with_context(|| format!("loading {}", self.ckpt.display()))?;
         let mut model = ck.model(&b, self.weights)?;
-        if let Some(n) = self.steps {
+        if let Some(n) = sde_steps {
             model.sde = ck.config.sde.with_num_steps(n).build()?;
         }
         Ok(Loaded { ck, model, b })
@@ -216,8 +227,9 @@ pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
         }
         None => None,
     };
+    let sde_steps = args.model.steps.filter(|_| steps_set_sde_n(&cfg));
     with_backend!(ctx, b => {
-        let m = args.model.load(b)?;
+        let m = args.model.load_with_sde_steps(b, sde_steps)?;
         let guidance = match (&args.classifier, classes) {
             (Some(path), Some(classes)) => Some(crate::guide::load(
                 &m.b,

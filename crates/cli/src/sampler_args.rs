@@ -93,9 +93,10 @@ pub struct SamplerArgs {
     /// replaces the other sampler flags.
     #[arg(long)]
     pub sampler_config: Option<PathBuf>,
-    /// Where the fast samplers put their steps: uniform, log-snr, edm (rho 7)
-    /// or edm:<rho> (default: each sampler's own: DDIM and reverse-sde
-    /// uniform, DPM-Solver++ log-snr, Heun edm).
+    /// Where the fixed-step samplers put their steps: uniform, log-snr, edm
+    /// (rho 7) or `edm:<rho>` (default: each sampler's own: DDIM and
+    /// reverse-sde uniform, DPM-Solver++ log-snr, Heun edm; PC the SDE's own
+    /// grid, which its reverse-diffusion and ancestral predictors need).
     #[arg(long, value_parser = clap::value_parser!(TimeGrid))]
     pub grid: Option<TimeGrid>,
     /// DDIM's stochasticity in [0, 1] (default 0).
@@ -112,7 +113,9 @@ pub struct SamplerArgs {
 
 impl SamplerArgs {
     /// The configuration the flags describe; `steps` is `--steps` (the fast
-    /// samplers' step count; for PC it sets the SDE's N when the model loads).
+    /// samplers' step count and PC's levels on a `--grid`; for PC on the
+    /// SDE's own grid it sets the SDE's N when the model loads:
+    /// [`steps_set_sde_n`]).
     pub fn config(&self, steps: Option<usize>) -> Result<SamplerConfig> {
         if let Some(path) = &self.sampler_config {
             let text = std::fs::read_to_string(path)
@@ -134,13 +137,18 @@ impl SamplerArgs {
             SamplerKind::ReverseSde,
             "reverse-sde",
         )?;
-        if self.grid.is_some() && matches!(kind, SamplerKind::Pc | SamplerKind::Ode) {
+        if self.grid.is_some() && kind == SamplerKind::Ode {
             bail!(
-                "--grid applies to the fixed-step samplers (ddim, dpm-solver, heun, reverse-sde)"
+                "--grid applies to the fixed-step samplers (pc, ddim, dpm-solver, heun, \
+                 reverse-sde)"
             );
         }
         Ok(match kind {
-            SamplerKind::Pc => SamplerConfig::Pc(self.pc.config()),
+            SamplerKind::Pc => SamplerConfig::Pc(PcConfig {
+                grid: self.grid,
+                steps: self.grid.and(steps),
+                ..self.pc.config()
+            }),
             SamplerKind::Ode => SamplerConfig::Ode(self.ode.config()),
             SamplerKind::Ddim => {
                 let d = DdimConfig::default();
@@ -178,6 +186,12 @@ impl SamplerArgs {
             }
         })
     }
+}
+
+/// Whether `--steps` means the SDE's own `N` for `cfg` (PC on the SDE's grid)
+/// rather than the sampler's step count.
+pub(crate) fn steps_set_sde_n(cfg: &SamplerConfig) -> bool {
+    matches!(cfg, SamplerConfig::Pc(PcConfig { grid: None, .. }))
 }
 
 /// A progress bar for one run of `cfg` on `sde`: steps where their number is

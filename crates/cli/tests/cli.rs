@@ -231,6 +231,7 @@ fn train_sample_likelihood_latents_and_resume() {
         (&["--sampler", "ode", "--grid", "edm"][..], "--grid applies"),
         (&["--sampler", "ddim", "--eta", "2"][..], "eta"),
         (&["--sampler", "heun", "--grid", "edm:0"][..], "rho"),
+        (&["--sampler", "pc", "--grid", "edm"][..], "own grid"),
     ] {
         let mut args = vec!["sample", "--ckpt", rd, "-n", "1"];
         args.extend_from_slice(flags);

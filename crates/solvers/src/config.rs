@@ -55,8 +55,13 @@ pub enum NormMode {
     BatchMean,
 }
 
-/// Predictor–corrector sampler settings. The number of levels is the SDE's `N`
-/// (build the SDE with the `N` you want, e.g. [`sde_core::SdeConfig::with_num_steps`]).
+/// Predictor–corrector sampler settings. By default the levels are the SDE's
+/// own grid of `N` levels (build the SDE with the `N` you want, e.g.
+/// [`sde_core::SdeConfig::with_num_steps`]), on which the reverse-diffusion
+/// and ancestral predictors are defined. With `grid` set, the levels are the
+/// first `steps` points of that [`TimeGrid`](crate::TimeGrid) (which ends
+/// at `eps`), and the Euler–Maruyama predictor steps from each level to the
+/// next; the discrete predictors refuse such a grid.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PcConfig {
@@ -74,6 +79,13 @@ pub struct PcConfig {
     pub denoise: bool,
     /// Batch-averaged (default) or per-sample Langevin norms.
     pub norm: NormMode,
+    /// A sampler-chosen time grid (Euler–Maruyama predictor or corrector
+    /// only); `None` (default) is the SDE's own grid, as in the paper.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid: Option<crate::TimeGrid>,
+    /// Levels on `grid` (default: the SDE's `N`); only with `grid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
 }
 
 impl Default for PcConfig {
@@ -86,6 +98,8 @@ impl Default for PcConfig {
             eps: None,
             denoise: true,
             norm: NormMode::BatchMean,
+            grid: None,
+            steps: None,
         }
     }
 }
@@ -173,7 +187,7 @@ impl Default for OdeConfig {
     }
 }
 
-/// Which sampler, with its settings: what [`crate::sample`] runs, what
+/// Which sampler, with its settings: what [`crate::sample()`] runs, what
 /// configs and `--json` summaries record. In TOML: `sampler = "pc"`,
 /// `"ode"`, `"ddim"`, `"dpm-solver"`, `"heun"` or `"reverse-sde"` beside
 /// the fields of that sampler's configuration.
@@ -237,7 +251,7 @@ impl SamplerConfig {
     /// adaptive ODE): PC's levels are the SDE's `N`.
     pub fn steps<S: Sde + ?Sized>(&self, sde: &S) -> Option<usize> {
         match self {
-            SamplerConfig::Pc(_) => Some(sde.num_steps()),
+            SamplerConfig::Pc(c) => Some(c.levels(sde)),
             SamplerConfig::Ode(_) => None,
             SamplerConfig::Ddim(c) => Some(c.steps),
             SamplerConfig::DpmSolver(c) => Some(c.steps),
@@ -250,7 +264,7 @@ impl SamplerConfig {
     /// (`None` for the adaptive ODE).
     pub fn nfe<S: Sde + ?Sized>(&self, sde: &S) -> Option<usize> {
         match self {
-            SamplerConfig::Pc(c) => Some(crate::pc::nfe_per_level(c) * sde.num_steps()),
+            SamplerConfig::Pc(c) => Some(crate::pc::nfe_per_level(c) * c.levels(sde)),
             SamplerConfig::Ode(_) => None,
             SamplerConfig::Ddim(c) => Some(c.steps),
             SamplerConfig::DpmSolver(c) => Some(c.steps),
@@ -307,6 +321,14 @@ impl OdeConfig {
 }
 
 impl PcConfig {
+    /// The number of levels on `sde`: the SDE's `N`, or `steps` on a grid.
+    pub fn levels<S: Sde + ?Sized>(&self, sde: &S) -> usize {
+        match self.grid {
+            None => sde.num_steps(),
+            Some(_) => self.steps.unwrap_or(sde.num_steps()),
+        }
+    }
+
     /// Checks the settings against `sde`.
     pub fn validate<S: Sde + ?Sized>(&self, sde: &S) -> Result<()> {
         ensure(
@@ -336,10 +358,41 @@ impl PcConfig {
                 sde: sde.kind(),
             });
         }
-        let uses_chain = matches!(
+        let discrete = matches!(
             self.predictor,
             PredictorKind::ReverseDiffusion | PredictorKind::Ancestral
-        ) || self.corrector != CorrectorKind::None;
+        );
+        match (self.grid, self.steps) {
+            (Some(g), _) if discrete => {
+                return Err(crate::SolverError::InvalidConfig {
+                    field: "grid",
+                    value: g.to_string(),
+                    reason: format!(
+                        "the {:?} predictor is defined on the SDE's own grid only: leave `grid` \
+                         unset and set the SDE's N (CLI: --steps), or use the euler-maruyama \
+                         predictor",
+                        self.predictor
+                    ),
+                })
+            }
+            (None, Some(n)) => {
+                return Err(crate::SolverError::InvalidConfig {
+                    field: "steps",
+                    value: n.to_string(),
+                    reason: "applies with `grid` only (without it the levels are the SDE's N)"
+                        .into(),
+                })
+            }
+            (Some(g), n) => {
+                g.times(
+                    sde,
+                    n.unwrap_or(sde.num_steps()),
+                    resolve_eps(sde, self.eps)?,
+                )?;
+            }
+            (None, None) => {}
+        }
+        let uses_chain = discrete || self.corrector != CorrectorKind::None;
         if uses_chain {
             sde.check_discrete_chain()?;
         }

@@ -19,7 +19,8 @@ fn time_vec(t: f64, batch: usize) -> Vec<f64> {
     vec![t; batch]
 }
 
-/// One predictor update at times `t` (one score evaluation, none for `None`).
+/// One predictor update at times `t` (one score evaluation, none for `None`),
+/// with the Euler–Maruyama step `dt = -T/N` of the SDE's own grid.
 #[allow(clippy::too_many_arguments)]
 pub fn predictor_update<B, S, M>(
     kind: PredictorKind,
@@ -28,6 +29,28 @@ pub fn predictor_update<B, S, M>(
     model: &M,
     x: &B::Tensor,
     t: &[f64],
+    rng: &mut NoiseRng,
+) -> Result<Update<B::Tensor>>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+{
+    let dt = -sde.t_max() / sde.num_steps() as f64;
+    predictor_update_dt(kind, b, sde, model, x, t, dt, rng)
+}
+
+/// [`predictor_update`] with the Euler–Maruyama time step `dt < 0` given
+/// (the discrete predictors ignore it: their step is the SDE's).
+#[allow(clippy::too_many_arguments)]
+fn predictor_update_dt<B, S, M>(
+    kind: PredictorKind,
+    b: &B,
+    sde: &S,
+    model: &M,
+    x: &B::Tensor,
+    t: &[f64],
+    dt: f64,
     rng: &mut NoiseRng,
 ) -> Result<Update<B::Tensor>>
 where
@@ -46,8 +69,7 @@ where
     let score = model.score(b, x, t)?;
     let (x_mean, noise_std): (B::Tensor, Vec<f64>) = match kind {
         PredictorKind::EulerMaruyama => {
-            // x_mean = x + [f - g^2 s] dt with dt = -T/N; noise g sqrt(-dt).
-            let dt = -sde.t_max() / sde.num_steps() as f64;
+            // x_mean = x + [f - g^2 s] dt (dt < 0); noise g sqrt(-dt).
             let drift = sde.reverse_drift(b, x, t, &score)?;
             let x_mean = b.lincomb(&[(Coef::Scalar(1.0), x), (Coef::Scalar(dt as f32), &drift)])?;
             let g = t.iter().map(|&t| sde.diffusion(t) * (-dt).sqrt()).collect();
@@ -193,6 +215,29 @@ where
     M: ScoreModel<B> + ?Sized,
     H: SamplerHooks<B> + ?Sized,
 {
+    let dt = -sde.t_max() / sde.num_steps() as f64;
+    pc_level_dt(b, sde, model, state, t, dt, cfg, rng, hooks)
+}
+
+/// [`pc_level`] with the Euler–Maruyama predictor's step `dt < 0` given.
+#[allow(clippy::too_many_arguments)]
+fn pc_level_dt<B, S, M, H>(
+    b: &B,
+    sde: &S,
+    model: &M,
+    state: Update<B::Tensor>,
+    t: &[f64],
+    dt: f64,
+    cfg: &PcConfig,
+    rng: &mut NoiseRng,
+    hooks: &mut H,
+) -> Result<(Update<B::Tensor>, usize)>
+where
+    B: Backend,
+    S: Sde + ?Sized,
+    M: ScoreModel<B> + ?Sized,
+    H: SamplerHooks<B> + ?Sized,
+{
     let mut state = state;
     let mut nfe = 0;
     if cfg.corrector != CorrectorKind::None {
@@ -212,7 +257,7 @@ where
         state = hooks.after_update(b, u, t, rng)?;
     }
     if cfg.predictor != PredictorKind::None {
-        let u = predictor_update(cfg.predictor, b, sde, model, &state.x, t, rng)?;
+        let u = predictor_update_dt(cfg.predictor, b, sde, model, &state.x, t, dt, rng)?;
         nfe += 1;
         state = hooks.after_update(b, u, t, rng)?;
     }
@@ -259,7 +304,21 @@ where
     cfg.validate(sde)?;
     let eps = resolve_eps(sde, cfg.eps)?;
     let batch = b.shape(&x).batch();
-    let grid = linspace(sde.t_max(), eps, sde.num_steps());
+    // The levels and each level's Euler–Maruyama step: the SDE's own grid
+    // (dt = -T/N, as the reference), or a sampler grid's consecutive points.
+    let (grid, steps): (Vec<f64>, Vec<f64>) = match cfg.grid {
+        None => {
+            let levels = linspace(sde.t_max(), eps, sde.num_steps());
+            let dt = -sde.t_max() / sde.num_steps() as f64;
+            let steps = vec![dt; levels.len()];
+            (levels, steps)
+        }
+        Some(g) => {
+            let times = g.times(sde, cfg.steps.unwrap_or(sde.num_steps()), eps)?;
+            let steps = times.windows(2).map(|w| w[1] - w[0]).collect();
+            (times[..times.len() - 1].to_vec(), steps)
+        }
+    };
     let total = grid.len();
     let mut state = Update {
         x_mean: x.clone(),
@@ -268,7 +327,7 @@ where
     let mut nfe = 0;
     for (k, &tk) in grid.iter().enumerate() {
         let t = time_vec(tk, batch);
-        let (next, cost) = pc_level(b, sde, model, state, &t, cfg, rng, hooks)?;
+        let (next, cost) = pc_level_dt(b, sde, model, state, &t, steps[k], cfg, rng, hooks)?;
         state = next;
         nfe += cost;
         let info = StepInfo {

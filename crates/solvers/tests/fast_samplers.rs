@@ -16,7 +16,8 @@ use common::{all_sdes, check_samples, mixture_16d, mixture_2d, reweighted, widen
 use sde_core::analytic::{AnalyticScore, DiagGaussian, GaussianMixture};
 use sde_core::{AnySde, Backend, CpuBackend, NoiseRng, Sde, Shape, VpSde};
 use solvers::{
-    sample, DdimConfig, DpmSolverConfig, HeunConfig, ReverseSdeConfig, SamplerConfig, TimeGrid,
+    sample, DdimConfig, DpmSolverConfig, HeunConfig, PcConfig, PredictorKind, ReverseSdeConfig,
+    SamplerConfig, TimeGrid,
 };
 
 const N_SAMPLES: usize = 1000;
@@ -256,4 +257,56 @@ fn a_short_vp_sde_is_usable_by_the_continuous_samplers() {
         err.contains("N must exceed beta_max") && err.contains("Euler–Maruyama"),
         "{err}"
     );
+}
+
+/// PC on a sampler-chosen grid: the Euler–Maruyama predictor with the
+/// Langevin corrector on EDM's grid samples the mixture on every SDE; the
+/// discrete predictors refuse a grid (they are defined on the SDE's own).
+#[test]
+fn pc_with_euler_maruyama_runs_on_any_grid() {
+    let data = mixture_2d();
+    let cfg = SamplerConfig::Pc(PcConfig {
+        predictor: PredictorKind::EulerMaruyama,
+        grid: Some(TimeGrid::Edm { rho: 7.0 }),
+        steps: Some(300),
+        ..PcConfig::default()
+    });
+    for (i, sde) in all_sdes(1000).iter().enumerate() {
+        let (x, nfe) = run(sde, &data, &cfg, 600 + i as u64);
+        assert_eq!(nfe, 600);
+        if let Err(e) = check_samples(&x, &data, 31 + i as u64) {
+            panic!("{} PC EM + Langevin on the EDM grid: {e}", sde.kind());
+        }
+    }
+    let sde = &all_sdes(100)[1];
+    let model = AnalyticScore::new(data, sde.clone());
+    for (bad, field) in [
+        (
+            PcConfig {
+                grid: Some(TimeGrid::LogSnr),
+                ..PcConfig::default()
+            },
+            "own grid",
+        ),
+        (
+            PcConfig {
+                steps: Some(10),
+                ..PcConfig::default()
+            },
+            "with `grid` only",
+        ),
+    ] {
+        let err = sample(
+            &CpuBackend,
+            sde,
+            &model,
+            &Shape::new([2, 2]).unwrap(),
+            &SamplerConfig::Pc(bad),
+            &mut NoiseRng::new(0),
+            &mut (),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(field), "{err}");
+    }
 }
