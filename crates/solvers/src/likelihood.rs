@@ -274,8 +274,12 @@ where
         Ok((drift, div))
     }
 
-    /// Selects the probes, traces and basis vectors of the `active` samples.
+    /// Selects the probes, traces and basis vectors of the `active` samples
+    /// (when the model can evaluate a selection of samples on its own).
     fn restrict(&mut self, b: &B, active: &[usize]) -> Result<bool> {
+        if !self.model.independent_samples() {
+            return Ok(false);
+        }
         self.probe = match &self.probe_all {
             Some(e) => Some(b.take_samples(e, active)?),
             None => None,

@@ -15,9 +15,10 @@
 //! [`OdeSolution::nfe_per_sample`]. Every sample's arithmetic is the same as
 //! in a full batch (and as when it is solved alone), so results are
 //! bit-identical; hooks still see the whole batch. This needs the
-//! right-hand side's consent ([`OdeRhs::restrict`]); one that does not give
-//! it is evaluated on the whole batch, finished samples frozen (step zero)
-//! but still evaluated. With [`StepScope::Batch`]
+//! right-hand side's consent ([`OdeRhs::restrict`]; the probability flow and
+//! the likelihood give it when the score model evaluates samples
+//! independently, [`ScoreModel::independent_samples`]); without it the whole
+//! batch is evaluated, finished samples frozen (step zero) but evaluated. With [`StepScope::Batch`]
 //! the solver is scipy's `RK45` on the flattened state: one RMS error norm
 //! over all samples' elements and auxiliary scalars, one step size.
 
@@ -631,10 +632,10 @@ where
         ))
     }
 
-    /// Stateless: any subset of samples can be evaluated on its own (score
-    /// models evaluate each sample independently).
+    /// Stateless itself: any selection of samples can be evaluated on its
+    /// own when the model's can ([`ScoreModel::independent_samples`]).
     fn restrict(&mut self, _b: &B, _active: &[usize]) -> Result<bool> {
-        Ok(true)
+        Ok(self.model.independent_samples())
     }
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use sde_core::analytic::{AnalyticScore, DiagGaussian, GaussianMixture};
-use sde_core::{Backend, Coef, CpuBackend, NoiseRng, Sde, Shape};
+use sde_core::{Backend, Coef, CpuBackend, NoiseRng, ScoreModel, Sde, Shape};
 use solvers::{
     decode, encode, integrate, integrate_with_hooks, ode_sample, ode_sample_from, OdeConfig,
     OdeRhs, SamplerHooks, SolverError, StepControl, StepScope, Update,
@@ -1019,4 +1019,47 @@ fn an_empty_span_evaluates_nothing() {
     assert_eq!(sol.aux, [1.0, 2.0]);
     assert_eq!((sol.nfe, sol.sample_evals), (0, 0));
     assert_eq!(sol.nfe_per_sample, [0, 0]);
+}
+
+/// A score model that does not say its samples are independent (as one
+/// with per-sample state, such as class labels, must not).
+struct Opaque<M>(M);
+
+impl<B: Backend, M: ScoreModel<B>> ScoreModel<B> for Opaque<M> {
+    fn score(&self, b: &B, x: &B::Tensor, t: &[f64]) -> sde_core::Result<B::Tensor> {
+        self.0.score(b, x, t)
+    }
+}
+
+/// A model that does not declare its samples independent keeps the whole
+/// batch (finished samples frozen), with the same results.
+#[test]
+fn models_with_per_sample_state_keep_the_whole_batch() {
+    let b = CpuBackend;
+    let sde = &common::test_sdes(1000)[1];
+    let exact = AnalyticScore::new(common::mixture_2d(), sde.clone());
+    let shape = Shape::new([16, 2]).unwrap();
+    let cfg = OdeConfig::default();
+    let run = |model: &dyn ScoreModel<CpuBackend>| {
+        ode_sample(
+            &b,
+            sde,
+            &model,
+            &shape,
+            &cfg,
+            &mut NoiseRng::new(7),
+            &mut (),
+        )
+        .unwrap()
+    };
+    let (shrunk, whole) = (run(&exact), run(&Opaque(&exact)));
+    assert!(ScoreModel::<CpuBackend>::independent_samples(&exact));
+    assert_eq!(whole.sample_evals, whole.nfe * 16);
+    assert_eq!(
+        shrunk.sample_evals,
+        shrunk.nfe_per_sample.iter().sum::<usize>()
+    );
+    assert!(shrunk.sample_evals < whole.sample_evals);
+    assert_eq!(bits(shrunk.x.data()), bits(whole.x.data()));
+    assert_eq!(shrunk.nfe_per_sample, whole.nfe_per_sample);
 }
