@@ -1,14 +1,28 @@
 //! One predictor–corrector level and one full probability-flow ODE solve with
-//! the exact score of Gaussian mixtures (2-D and 16-D), on the CPU backend.
+//! the exact score of Gaussian mixtures (2-D and 16-D), on the CPU backend,
+//! and the ODE solve with finished samples leaving the batch (`shrinking`,
+//! what `ode_sample` does) against the frozen batch (`frozen`).
 //! The analytic score runs on the host, so these numbers measure the sampler
 //! machinery plus a cheap model, not a network.
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use sde_core::analytic::{AnalyticScore, DiagGaussian, GaussianMixture};
-use sde_core::{Backend, CpuBackend, NoiseRng, SdeExt, Shape, VpSde};
+use sde_core::{Backend, CpuBackend, NoiseRng, Sde, SdeExt, Shape, VpSde};
+use solvers::ode::FlowRhs;
 use solvers::pc::{corrector_update, predictor_update};
-use solvers::{ode_sample, CorrectorKind, NormMode, OdeConfig, PredictorKind};
+use solvers::{
+    integrate_with_hooks, ode_sample, CorrectorKind, NormMode, OdeConfig, OdeRhs, PredictorKind,
+};
+
+/// Refuses `restrict`: the solver keeps the whole batch, finished samples frozen.
+struct Frozen<R>(R);
+
+impl<B: Backend, R: OdeRhs<B>> OdeRhs<B> for Frozen<R> {
+    fn eval(&mut self, b: &B, x: &B::Tensor, t: &[f64]) -> solvers::Result<(B::Tensor, Vec<f64>)> {
+        self.0.eval(b, x, t)
+    }
+}
 
 fn mixture(d: usize) -> GaussianMixture {
     let comps = (0..4)
@@ -96,6 +110,55 @@ fn bench_solvers(c: &mut Criterion) {
             },
         );
     }
+    // 256 samples of different difficulty (per-sample NFE from about 2/3 of
+    // the batched NFE up to all of it), rtol = atol = 1e-5.
+    let model = AnalyticScore::new(mixture(16), sde.clone());
+    let shape = Shape::new([256, 16]).expect("valid shape");
+    let cfg = OdeConfig {
+        rtol: 1e-5,
+        atol: 1e-5,
+        ..OdeConfig::default()
+    };
+    group.bench_function(BenchmarkId::new("ode_solve_16d-x256", "shrinking"), |bch| {
+        bch.iter(|| {
+            let out = ode_sample(
+                &b,
+                &sde,
+                &model,
+                &shape,
+                &cfg,
+                &mut NoiseRng::new(3),
+                &mut (),
+            )
+            .expect("ode");
+            out.sample_evals
+        })
+    });
+    group.bench_function(BenchmarkId::new("ode_solve_16d-x256", "frozen"), |bch| {
+        bch.iter(|| {
+            // What `ode_sample` does, with the batch kept whole.
+            let mut rng = NoiseRng::new(3);
+            let z = sde.prior_sample(&b, &shape, rng.next_key()).expect("prior");
+            let mut rhs = Frozen(FlowRhs {
+                sde: &sde,
+                model: &model,
+            });
+            let eps = sde.default_sampling_eps();
+            integrate_with_hooks(
+                &b,
+                &mut rhs,
+                z,
+                Vec::new(),
+                sde.t_max(),
+                eps,
+                &cfg,
+                &mut (),
+                &mut rng,
+            )
+            .expect("ode")
+            .sample_evals
+        })
+    });
     group.finish();
 }
 

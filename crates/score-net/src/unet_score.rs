@@ -95,6 +95,14 @@ impl<B: NetBackend, S: Sde> ScoreModel<B> for UnetScore<B, S> {
     fn score(&self, b: &B, x: &B::Tensor, t: &[f64]) -> sde_core::Result<B::Tensor> {
         Ok(self.score_with_cache(b, x, t, None)?.0)
     }
+
+    /// No per-sample state; the layers treat samples separately (group norm
+    /// per sample, attention within a sample). The CPU `linear` layers'
+    /// `gemm` rounds differently for a few rows, so at small batch sizes a
+    /// sample's score can change in the last bits.
+    fn independent_samples(&self) -> bool {
+        true
+    }
 }
 
 impl<B: NetBackend, S: Sde> ScoreVjp<B> for UnetScore<B, S> {

@@ -386,6 +386,116 @@ fn select_is_nan_safe_and_bit_exact() {
     }
 }
 
+/// Gathering and scattering whole samples (buffer-to-buffer copies) is bit
+/// for bit the CPU's at odd sizes, for index lists with runs, gaps, reversals
+/// and a single sample, NaN payloads included; no kernel runs; the inputs
+/// are left alone.
+#[test]
+fn take_and_put_samples_are_bit_exact_copies() {
+    let b = gpu();
+    let c = CpuBackend;
+    let mut shapes = odd_shapes();
+    shapes.push(shape(&[7, 3, 5]));
+    shapes.push(shape(&[13, 257]));
+    for s in shapes {
+        let (n, d) = (s.batch(), s.sample_numel());
+        let mut xv = randn(&s, 11);
+        xv[d - 1] = f32::from_bits(0x7fc0_1234); // NaN with a payload
+        xv[(n - 1) * d] = f32::NEG_INFINITY;
+        let yv = randn(&s, 12);
+        let (x, xc) = both(&xv, &s);
+        let (y, yc) = both(&yv, &s);
+        let mut lists: Vec<Vec<usize>> = vec![
+            (0..n).collect(),
+            (0..n).rev().collect(),
+            vec![n - 1],
+            (0..n).filter(|i| i % 3 != 1).collect(),
+        ];
+        if n > 3 {
+            lists.push(vec![n - 2, n - 1, 0, 1, 2]);
+        }
+        for idx in lists {
+            let dispatches = b.context().dispatch_count();
+            let part = b.take_samples(&x, &idx).unwrap();
+            let part_c = c.take_samples(&xc, &idx).unwrap();
+            assert_eq!(part.shape(), part_c.shape(), "take_samples {s} {idx:?}");
+            let got = b.to_vec(&part).unwrap();
+            assert_eq!(bits(&got), bits(part_c.data()), "take_samples {s} {idx:?}");
+            let merged = b.put_samples(&y, &idx, &part).unwrap();
+            let want = c.put_samples(&yc, &idx, &part_c).unwrap();
+            assert_eq!(
+                bits(&b.to_vec(&merged).unwrap()),
+                bits(want.data()),
+                "put_samples {s} {idx:?}"
+            );
+            assert_eq!(
+                b.context().dispatch_count(),
+                dispatches,
+                "take/put_samples ran a kernel"
+            );
+        }
+        assert_eq!(bits(&b.to_vec(&x).unwrap()), bits(&xv), "{s}: x changed");
+        assert_eq!(bits(&b.to_vec(&y).unwrap()), bits(&yv), "{s}: y changed");
+    }
+}
+
+/// Bad sample indices are the CPU's typed errors, before any device work.
+#[test]
+fn bad_sample_indices_are_the_cpus_typed_errors() {
+    let b = gpu();
+    let c = CpuBackend;
+    let s = shape(&[5, 3]);
+    let (x, xc) = both(&randn(&s, 1), &s);
+    let (p, pc) = both(&randn(&shape(&[2, 3]), 2), &shape(&[2, 3]));
+    let (q, qc) = both(&randn(&shape(&[2, 4]), 3), &shape(&[2, 4]));
+    let check = |g: Error, c: Error| {
+        assert_eq!(format!("{g:?}"), format!("{c:?}"));
+        g
+    };
+    for idx in [&[][..], &[5], &[0, 9], &[1, 1], &[4, 0, 4]] {
+        let e = check(
+            b.take_samples(&x, idx).unwrap_err(),
+            c.take_samples(&xc, idx).unwrap_err(),
+        );
+        assert!(
+            matches!(
+                e,
+                Error::SampleIndices {
+                    op: "take_samples",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+    for idx in [&[][..], &[5, 0], &[2, 2]] {
+        let e = check(
+            b.put_samples(&x, idx, &p).unwrap_err(),
+            c.put_samples(&xc, idx, &pc).unwrap_err(),
+        );
+        assert!(
+            matches!(
+                e,
+                Error::SampleIndices {
+                    op: "put_samples",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+    let e = check(
+        b.put_samples(&x, &[0, 1, 2], &p).unwrap_err(),
+        c.put_samples(&xc, &[0, 1, 2], &pc).unwrap_err(),
+    );
+    assert!(matches!(e, Error::BatchMismatch { .. }), "{e:?}");
+    let e = check(
+        b.put_samples(&x, &[0, 1], &q).unwrap_err(),
+        c.put_samples(&xc, &[0, 1], &qc).unwrap_err(),
+    );
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e:?}");
+}
+
 /// check_finite reports the first non-finite element like the CPU does.
 #[test]
 fn check_finite_reports_the_first_bad_element() {

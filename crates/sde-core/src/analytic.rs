@@ -371,6 +371,11 @@ impl<B: Backend, S: Sde> ScoreModel<B> for AnalyticScore<S> {
         let host = |tn: f64, xn: &[f64], vn: Option<&[f64]>| self.host(tn, xn, vn);
         batch::score(b, &self.sde, self.data.dim(), x, t, host)
     }
+
+    /// Every sample is evaluated on its own, on the host.
+    fn independent_samples(&self) -> bool {
+        true
+    }
 }
 
 impl<B: Backend, S: Sde> ScoreVjp<B> for AnalyticScore<S> {

@@ -13,6 +13,7 @@
 //!   [`NoiseKey`] yields the same numbers on every backend (Gaussian fills up to
 //!   the platform's transcendental-function accuracy).
 
+use crate::error::IndexProblem;
 use crate::{Error, NoiseKey, Result, Shape};
 
 /// A coefficient in [`Backend::lincomb`]: one value for the whole batch, or one per sample.
@@ -85,6 +86,49 @@ pub fn check_lincomb<'a, T>(
     Ok(shape)
 }
 
+/// Validates the sample indices of [`Backend::take_samples`] and
+/// [`Backend::put_samples`] against a batch of `batch`: at least one, each
+/// below `batch`, none twice (any order). Backends call it so that they
+/// reject the same inputs.
+pub fn check_sample_indices(op: &'static str, indices: &[usize], batch: usize) -> Result<()> {
+    let fail = |problem| Err(Error::SampleIndices { op, problem });
+    if indices.is_empty() {
+        return fail(IndexProblem::Empty);
+    }
+    let mut seen = vec![false; batch];
+    for &index in indices {
+        match seen.get_mut(index) {
+            None => return fail(IndexProblem::OutOfRange { index, batch }),
+            Some(true) => return fail(IndexProblem::Duplicate { index }),
+            Some(s) => *s = true,
+        }
+    }
+    Ok(())
+}
+
+/// Validates the arguments of [`Backend::put_samples`]: `part` has the
+/// per-sample shape of `full` and one sample per index, and the indices pass
+/// [`check_sample_indices`] against `full`'s batch.
+pub fn check_put_samples(full: &Shape, indices: &[usize], part: &Shape) -> Result<()> {
+    const OP: &str = "put_samples";
+    check_sample_indices(OP, indices, full.batch())?;
+    if part.dims()[1..] != full.dims()[1..] {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: full.with_batch(part.batch())?,
+            got: part.clone(),
+        });
+    }
+    if part.batch() != indices.len() {
+        return Err(Error::BatchMismatch {
+            op: OP,
+            expected: indices.len(),
+            got: part.batch(),
+        });
+    }
+    Ok(())
+}
+
 /// Batched `f32` tensors and the device-independent operations on them.
 ///
 /// Implementations: [`crate::CpuBackend`] here; the wgpu backend in `score-net`.
@@ -142,6 +186,47 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         new: &Self::Tensor,
         old: &Self::Tensor,
     ) -> Result<Self::Tensor>;
+
+    /// Gathers whole samples: a batch of `indices.len()` samples whose sample
+    /// `i` is sample `indices[i]` of `x`. The indices may come in any order but
+    /// must be in range, distinct and at least one
+    /// ([`Error::SampleIndices`] otherwise). A copy of the bits, exact on
+    /// every backend. (The default goes through the host; backends copy on
+    /// the device.)
+    fn take_samples(&self, x: &Self::Tensor, indices: &[usize]) -> Result<Self::Tensor> {
+        let shape = self.shape(x);
+        check_sample_indices("take_samples", indices, shape.batch())?;
+        let d = shape.sample_numel();
+        let data = self.to_vec(x)?;
+        let mut out = Vec::with_capacity(indices.len() * d);
+        for &i in indices {
+            out.extend_from_slice(&data[i * d..(i + 1) * d]);
+        }
+        self.tensor(out, &shape.with_batch(indices.len())?)
+    }
+
+    /// Scatters whole samples: a copy of `full` in which sample `indices[i]`
+    /// is replaced by sample `i` of `part` (the inverse of
+    /// [`Backend::take_samples`]: `put_samples(x, idx, take_samples(x, idx))`
+    /// is `x`). `part` must have the per-sample shape of `full` and one sample
+    /// per index; the indices follow the rules of `take_samples`. Exact on
+    /// every backend. (The default goes through the host.)
+    fn put_samples(
+        &self,
+        full: &Self::Tensor,
+        indices: &[usize],
+        part: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let shape = self.shape(full);
+        check_put_samples(shape, indices, self.shape(part))?;
+        let d = shape.sample_numel();
+        let mut data = self.to_vec(full)?;
+        let part = self.to_vec(part)?;
+        for (&i, src) in indices.iter().zip(part.chunks_exact(d)) {
+            data[i * d..(i + 1) * d].copy_from_slice(src);
+        }
+        self.tensor(data, shape)
+    }
 
     /// Waits until all queued work on the device has finished (a no-op on the
     /// CPU). Benchmarks call it inside the timed closure.

@@ -1,10 +1,12 @@
 //! A conformance check every [`Backend`] implementation must pass: golden
 //! noise vectors (computed independently of this crate from the stream
 //! layout in [`crate::rng`]) and every operation compared with
-//! [`CpuBackend`] on random inputs of several shapes, odd sizes included.
+//! [`CpuBackend`] on random inputs of several shapes, odd sizes included
+//! (copies, `select` and the gathering and scattering of whole samples bit
+//! for bit, also against host copies; their index errors by kind).
 //! The CPU backend's own tests run it; the wgpu backend's tests run it too.
 
-use crate::{Backend, Coef, CpuBackend, NoiseKey, Shape};
+use crate::{Backend, Coef, CpuBackend, Error, IndexProblem, NoiseKey, Shape};
 
 /// Key of the golden vectors: a seed that uses both halves of the Philox key.
 pub const GOLDEN_KEY: NoiseKey = NoiseKey {
@@ -68,6 +70,118 @@ fn close64(a: &[f64], b: &[f64], rel: f64) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `take_samples` and `put_samples` on `shape` against host copies of `xv` and
+/// `yv` (bit for bit: both copy), and their typed errors.
+fn check_gather_scatter<B: Backend>(
+    b: &B,
+    shape: &Shape,
+    xv: &[f32],
+    yv: &[f32],
+) -> Result<(), String> {
+    let fail = |what: &'static str| move |err: crate::Error| format!("{what} {shape}: {err}");
+    let (n, d) = (shape.batch(), shape.sample_numel());
+    let x = b.tensor(xv.to_vec(), shape).map_err(fail("upload"))?;
+    let y = b.tensor(yv.to_vec(), shape).map_err(fail("upload"))?;
+    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    // The last sample first, then a run of consecutive samples and gaps.
+    let idx: Vec<usize> = std::iter::once(n - 1)
+        .chain((0..n - 1).filter(|i| i % 3 != 1))
+        .collect();
+    let part = b.take_samples(&x, &idx).map_err(fail("take_samples"))?;
+    let want: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| xv[i * d..(i + 1) * d].iter().copied())
+        .collect();
+    if b.shape(&part).dims() != [&[idx.len()], &shape.dims()[1..]].concat() {
+        return Err(format!(
+            "take_samples {shape}: shape {} for {} indices",
+            b.shape(&part),
+            idx.len()
+        ));
+    }
+    let got = b.to_vec(&part).map_err(fail("download"))?;
+    if bits(&got) != bits(&want) {
+        return Err(format!("take_samples {shape} {idx:?} is not an exact copy"));
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let got = b
+        .to_vec(&b.take_samples(&x, &all).map_err(fail("take_samples"))?)
+        .map_err(fail("download"))?;
+    if bits(&got) != bits(xv) {
+        return Err(format!("take_samples {shape} of every sample is not x"));
+    }
+    let merged = b
+        .put_samples(&y, &idx, &part)
+        .map_err(fail("put_samples"))?;
+    let mut want = yv.to_vec();
+    for &i in &idx {
+        want[i * d..(i + 1) * d].copy_from_slice(&xv[i * d..(i + 1) * d]);
+    }
+    let got = b.to_vec(&merged).map_err(fail("download"))?;
+    if bits(&got) != bits(&want) || b.shape(&merged) != shape {
+        return Err(format!("put_samples {shape} {idx:?} is not an exact copy"));
+    }
+    // The inputs are unchanged (backends never write into their inputs).
+    let (xg, yg) = (
+        b.to_vec(&x).map_err(fail("download"))?,
+        b.to_vec(&y).map_err(fail("download"))?,
+    );
+    if bits(&xg) != bits(xv) || bits(&yg) != bits(yv) {
+        return Err(format!("take/put_samples {shape} changed an input"));
+    }
+    // Typed errors, no panics.
+    let index_err = |r: crate::Result<B::Tensor>, want: IndexProblem| match r {
+        Err(Error::SampleIndices { problem, .. }) if problem == want => Ok(()),
+        other => Err(format!(
+            "{shape}: expected {want:?}, got {:?}",
+            other.map(|_| ())
+        )),
+    };
+    index_err(b.take_samples(&x, &[]), IndexProblem::Empty)?;
+    index_err(
+        b.take_samples(&x, &[0, n]),
+        IndexProblem::OutOfRange { index: n, batch: n },
+    )?;
+    index_err(
+        b.take_samples(&x, &[n - 1, 0, n - 1]),
+        IndexProblem::Duplicate { index: n - 1 },
+    )?;
+    index_err(b.put_samples(&y, &[], &part), IndexProblem::Empty)?;
+    index_err(
+        b.put_samples(&y, &[usize::MAX], &part),
+        IndexProblem::OutOfRange {
+            index: usize::MAX,
+            batch: n,
+        },
+    )?;
+    if idx.len() > 1 {
+        index_err(
+            b.put_samples(&y, &vec![idx[0]; idx.len()], &part),
+            IndexProblem::Duplicate { index: idx[0] },
+        )?;
+    }
+    if n > idx.len() {
+        match b.put_samples(&y, &all[..idx.len() + 1], &part) {
+            Err(Error::BatchMismatch { .. }) => {}
+            other => {
+                return Err(format!(
+                    "put_samples {shape}: a part of the wrong batch gave {:?}",
+                    other.map(|_| ())
+                ))
+            }
+        }
+    }
+    let other = Shape::new([n, d + 1]).map_err(fail("shape"))?;
+    let wrong = b.full(&other, 1.0).map_err(fail("full"))?;
+    match b.put_samples(&y, &all, &wrong) {
+        Err(Error::ShapeMismatch { .. }) => Ok(()),
+        other => Err(format!(
+            "put_samples {shape}: a part of another sample shape gave {:?}",
+            other.map(|_| ())
+        )),
+    }
 }
 
 /// Runs the conformance check on `b`; returns the first failure. `rel` is the
@@ -176,6 +290,7 @@ pub fn check_backend<B: Backend>(b: &B, rel: f32) -> Result<(), String> {
         if got != want {
             return Err(format!("select {shape} differs from the reference"));
         }
+        check_gather_scatter(b, &shape, &xv, &yv)?;
         let got = b.sample_dot(&x, &y).map_err(e("dot"))?;
         let want = c.sample_dot(&xc, &yc).map_err(e("dot"))?;
         close64(&got, &want, 1e-5).map_err(|m| format!("sample_dot {shape}: {m}"))?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::backend::check_same_shape;
+use crate::backend::{check_put_samples, check_same_shape, check_sample_indices};
 use crate::{Backend, Coef, Error, NoiseKey, Result, Shape};
 
 /// Elements from which [`zeros`] and `lincomb` use the rayon pool.
@@ -198,6 +198,36 @@ impl Backend for CpuBackend {
             shape: new.shape.clone(),
             data: Arc::new(data),
         })
+    }
+
+    fn take_samples(&self, x: &CpuTensor, indices: &[usize]) -> Result<CpuTensor> {
+        check_sample_indices("take_samples", indices, x.shape.batch())?;
+        let shape = x.shape.with_batch(indices.len())?;
+        let mut data = Vec::with_capacity(shape.numel());
+        for &i in indices {
+            data.extend_from_slice(x.sample(i));
+        }
+        Ok(CpuTensor {
+            shape,
+            data: Arc::new(data),
+        })
+    }
+
+    fn put_samples(
+        &self,
+        full: &CpuTensor,
+        indices: &[usize],
+        part: &CpuTensor,
+    ) -> Result<CpuTensor> {
+        check_put_samples(&full.shape, indices, &part.shape)?;
+        let d = full.shape.sample_numel();
+        // A clone shares `full`'s elements; `data_mut` copies them once.
+        let mut out = full.clone();
+        let data = out.data_mut();
+        for (n, &i) in indices.iter().enumerate() {
+            data[i * d..(i + 1) * d].copy_from_slice(part.sample(n));
+        }
+        Ok(out)
     }
 
     fn mul(&self, x: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {

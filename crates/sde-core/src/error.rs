@@ -47,6 +47,16 @@ pub enum Error {
         /// Elements supplied.
         got: usize,
     },
+    /// A list of sample indices (for gathering or scattering whole samples,
+    /// [`Backend::take_samples`](crate::Backend::take_samples) and
+    /// [`Backend::put_samples`](crate::Backend::put_samples)) is unusable.
+    #[error("invalid sample indices in {op}: {problem}")]
+    SampleIndices {
+        /// The operation that rejected them.
+        op: &'static str,
+        /// What is wrong with them.
+        problem: IndexProblem,
+    },
     /// A shape is unusable (no dimensions, or a zero-sized dimension).
     #[error("invalid shape {shape}: {reason}")]
     InvalidShape {
@@ -84,6 +94,37 @@ pub enum Error {
     /// An error raised inside a score model implemented in another crate.
     #[error("score model error: {0}")]
     Model(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+/// What is wrong with a list of sample indices ([`Error::SampleIndices`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexProblem {
+    /// No indices (a tensor cannot have an empty batch).
+    Empty,
+    /// An index at or past the batch size.
+    OutOfRange {
+        /// The offending index.
+        index: usize,
+        /// The batch size.
+        batch: usize,
+    },
+    /// An index listed twice.
+    Duplicate {
+        /// The repeated index.
+        index: usize,
+    },
+}
+
+impl std::fmt::Display for IndexProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IndexProblem::Empty => write!(f, "no samples listed"),
+            IndexProblem::OutOfRange { index, batch } => {
+                write!(f, "index {index} is outside a batch of {batch}")
+            }
+            IndexProblem::Duplicate { index } => write!(f, "index {index} is listed twice"),
+        }
+    }
 }
 
 /// Result alias used throughout `sde-core`.

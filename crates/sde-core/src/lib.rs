@@ -56,7 +56,7 @@ pub mod stats;
 
 pub use backend::{Backend, Coef};
 pub use cpu::{CpuBackend, CpuTensor};
-pub use error::{Error, Result};
+pub use error::{Error, IndexProblem, Result};
 pub use model::{ScoreModel, ScoreVjp};
 pub use rng::{NoiseKey, NoiseRng};
 pub use schedule::{CosineSde, Kernel, RectifiedFlowSde, Rescheduled, ScheduleSde};

@@ -14,6 +14,18 @@ use crate::{Backend, Result};
 pub trait ScoreModel<B: Backend> {
     /// The score at each sample of `x` (batch first) for its own time `t[n]`.
     fn score(&self, backend: &B, x: &B::Tensor, t: &[f64]) -> Result<B::Tensor>;
+
+    /// Whether each sample's score depends on nothing but its own `x` and
+    /// `t`: not on its position in the batch (per-sample state such as class
+    /// labels) nor on the other samples, so that any selection of a batch's
+    /// samples may be evaluated as a batch of its own. Samplers then drop
+    /// samples they are done with (the adaptive probability-flow ODE
+    /// evaluates only the samples still moving). A network whose kernels
+    /// round differently at other batch sizes qualifies; its results then
+    /// change in the last bits. The default, `false`, keeps the whole batch.
+    fn independent_samples(&self) -> bool {
+        false
+    }
 }
 
 /// A score model that can also differentiate its score with respect to the input.
@@ -34,6 +46,9 @@ pub trait ScoreVjp<B: Backend>: ScoreModel<B> {
 impl<B: Backend, M: ScoreModel<B> + ?Sized> ScoreModel<B> for &M {
     fn score(&self, backend: &B, x: &B::Tensor, t: &[f64]) -> Result<B::Tensor> {
         (**self).score(backend, x, t)
+    }
+    fn independent_samples(&self) -> bool {
+        (**self).independent_samples()
     }
 }
 

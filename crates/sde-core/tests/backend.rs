@@ -166,3 +166,118 @@ fn non_finite_values_are_reported_with_their_index() {
     }
     assert!(b.check_finite(&t(&b, &[1.0, 2.0], &[2]), "ok").is_ok());
 }
+
+/// A backend that delegates to the CPU but keeps the trait's default
+/// `take_samples` and `put_samples` (host round trips), so that the
+/// conformance check covers the defaults every new backend starts with.
+#[derive(Clone, Debug)]
+struct Defaults;
+
+impl Backend for Defaults {
+    type Tensor = sde_core::CpuTensor;
+    fn name(&self) -> String {
+        "cpu with default ops".into()
+    }
+    fn shape<'a>(&self, x: &'a Self::Tensor) -> &'a Shape {
+        x.shape()
+    }
+    fn tensor(&self, data: Vec<f32>, shape: &Shape) -> sde_core::Result<Self::Tensor> {
+        CpuBackend.tensor(data, shape)
+    }
+    fn to_vec(&self, x: &Self::Tensor) -> sde_core::Result<Vec<f32>> {
+        CpuBackend.to_vec(x)
+    }
+    fn full(&self, shape: &Shape, value: f32) -> sde_core::Result<Self::Tensor> {
+        CpuBackend.full(shape, value)
+    }
+    fn lincomb(&self, terms: &[(Coef<'_>, &Self::Tensor)]) -> sde_core::Result<Self::Tensor> {
+        CpuBackend.lincomb(terms)
+    }
+    fn select(
+        &self,
+        take_new: &[bool],
+        new: &Self::Tensor,
+        old: &Self::Tensor,
+    ) -> sde_core::Result<Self::Tensor> {
+        CpuBackend.select(take_new, new, old)
+    }
+    fn mul(&self, x: &Self::Tensor, y: &Self::Tensor) -> sde_core::Result<Self::Tensor> {
+        CpuBackend.mul(x, y)
+    }
+    fn masked_blend(
+        &self,
+        x: &Self::Tensor,
+        y: &Self::Tensor,
+        mask: &Self::Tensor,
+    ) -> sde_core::Result<Self::Tensor> {
+        CpuBackend.masked_blend(x, y, mask)
+    }
+    fn sample_dot(&self, x: &Self::Tensor, y: &Self::Tensor) -> sde_core::Result<Vec<f64>> {
+        CpuBackend.sample_dot(x, y)
+    }
+    fn sample_scaled_rms(
+        &self,
+        err: &Self::Tensor,
+        y0: &Self::Tensor,
+        y1: &Self::Tensor,
+        atol: f64,
+        rtol: f64,
+    ) -> sde_core::Result<Vec<f64>> {
+        CpuBackend.sample_scaled_rms(err, y0, y1, atol, rtol)
+    }
+    fn gaussian(&self, shape: &Shape, key: sde_core::NoiseKey) -> sde_core::Result<Self::Tensor> {
+        CpuBackend.gaussian(shape, key)
+    }
+    fn uniform(&self, shape: &Shape, key: sde_core::NoiseKey) -> sde_core::Result<Self::Tensor> {
+        CpuBackend.uniform(shape, key)
+    }
+    fn rademacher(&self, shape: &Shape, key: sde_core::NoiseKey) -> sde_core::Result<Self::Tensor> {
+        CpuBackend.rademacher(shape, key)
+    }
+    fn check_finite(&self, x: &Self::Tensor, what: &str) -> sde_core::Result<()> {
+        CpuBackend.check_finite(x, what)
+    }
+}
+
+#[test]
+fn default_gather_and_scatter_conform() {
+    sde_core::conformance::check_backend(&Defaults, 1e-6).unwrap();
+}
+
+/// Gathering and scattering whole samples on the CPU: any order, NaN and
+/// infinities copied as they are, `put` leaves a shared `full` alone, and
+/// bad indices are typed errors that name the problem.
+#[test]
+fn take_and_put_samples() {
+    let b = CpuBackend;
+    let x = t(&b, &[1.0, 2.0, f32::NAN, 4.0, 5.0, f32::INFINITY], &[3, 2]);
+    let part = b.take_samples(&x, &[2, 1]).unwrap();
+    assert_eq!(part.shape().dims(), &[2, 2]);
+    let v = b.to_vec(&part).unwrap();
+    assert_eq!((v[0], v[1], v[3]), (5.0, f32::INFINITY, 4.0));
+    assert!(v[2].is_nan());
+    let z = b.zeros(x.shape()).unwrap();
+    let shared = z.clone();
+    let merged = b.put_samples(&z, &[2, 1], &part).unwrap();
+    assert_eq!(b.to_vec(&shared).unwrap(), [0.0; 6]);
+    let m = b.to_vec(&merged).unwrap();
+    assert_eq!(
+        (m[0], m[1], m[3], m[4], m[5]),
+        (0.0, 0.0, 4.0, 5.0, f32::INFINITY)
+    );
+    assert!(m[2].is_nan());
+    let msg = b.take_samples(&x, &[1, 3]).unwrap_err().to_string();
+    assert!(
+        msg.contains("take_samples") && msg.contains("index 3 is outside a batch of 3"),
+        "{msg}"
+    );
+    let msg = b.put_samples(&z, &[1, 1], &part).unwrap_err().to_string();
+    assert!(msg.contains("index 1 is listed twice"), "{msg}");
+    assert!(matches!(
+        b.take_samples(&x, &[]),
+        Err(Error::SampleIndices {
+            op: "take_samples",
+            problem: sde_core::IndexProblem::Empty
+        })
+    ));
+}

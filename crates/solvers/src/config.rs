@@ -122,7 +122,9 @@ pub enum StepControl {
 pub enum StepScope {
     /// Each sample has its own time, step size and error estimate (default):
     /// one hard sample does not slow the others, and a sample's result does not
-    /// depend on its batch. Finished samples are frozen while the rest go on.
+    /// depend on its batch. Finished samples leave the batch while the rest
+    /// go on (the model evaluates only the samples still moving; see
+    /// [`OdeRhs::restrict`](crate::OdeRhs::restrict)).
     #[default]
     PerSample,
     /// One time and step size for the whole batch: scipy's `RK45` on the

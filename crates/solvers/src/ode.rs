@@ -7,9 +7,18 @@
 //! The state is a batch tensor plus, optionally, a few host-side scalars per
 //! sample (the likelihood integrates `delta log p` alongside `x`). With
 //! [`StepScope::PerSample`] every sample has its own time, step size and
-//! error estimate: a sample that finishes is frozen (its step is zero) while
-//! the others go on. The batch is still evaluated as a whole, so frozen
-//! samples cost model evaluations but never change. With [`StepScope::Batch`]
+//! error estimate, and a sample that finishes leaves the batch: the stages
+//! and error norms of later steps are computed on the samples still running
+//! only (gathered with [`Backend::take_samples`]; finished samples wait aside
+//! and are put back with [`Backend::put_samples`]), so the evaluations a
+//! sample saves by finishing early are saved work, not only a smaller
+//! [`OdeSolution::nfe_per_sample`]. Every sample's arithmetic is the same as
+//! in a full batch (and as when it is solved alone), so results are
+//! bit-identical; hooks still see the whole batch. This needs the
+//! right-hand side's consent ([`OdeRhs::restrict`]; the probability flow and
+//! the likelihood give it when the score model evaluates samples
+//! independently, [`ScoreModel::independent_samples`]); without it the whole
+//! batch is evaluated, finished samples frozen (step zero) but evaluated. With [`StepScope::Batch`]
 //! the solver is scipy's `RK45` on the flattened state: one RMS error norm
 //! over all samples' elements and auxiliary scalars, one step size.
 
@@ -69,8 +78,27 @@ const EXPONENT: f64 = 1.0 / 5.0;
 /// where `a` holds `aux_dim` host-side scalars per sample.
 pub trait OdeRhs<B: Backend> {
     /// Evaluates the derivatives at per-sample times `t`. Returns `dx/dt` and
-    /// `da/dt` (length `batch * aux_dim`).
+    /// `da/dt` (length `batch * aux_dim`). The batch is the one the solve
+    /// started with, or after [`OdeRhs::restrict`] accepted a subset, that
+    /// subset.
     fn eval(&mut self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<(B::Tensor, Vec<f64>)>;
+
+    /// Asks to evaluate only the samples `active` from now on: indices into
+    /// the batch the solve started with, increasing, at least one. Returns
+    /// whether the right-hand side agrees; then every later
+    /// [`OdeRhs::eval`] gets those samples only, in that order (until the
+    /// next call), and must return their derivatives. A right-hand side with
+    /// per-sample state of its own (probe vectors, per-sample parameters)
+    /// selects it here; a stateless one just returns `true`. The default,
+    /// `false`, keeps the batch as it is (the solve's, or the last subset
+    /// accepted), with finished samples frozen in it but evaluated.
+    ///
+    /// The per-sample adaptive solver ([`StepScope::PerSample`]) calls it
+    /// whenever samples finish while others go on, so that finished samples
+    /// cost no more evaluations.
+    fn restrict(&mut self, _b: &B, _active: &[usize]) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The solution at the end time with solver statistics.
@@ -84,10 +112,47 @@ pub struct OdeSolution<T> {
     pub nfe: usize,
     /// Evaluations during which each sample was still moving.
     pub nfe_per_sample: Vec<usize>,
+    /// Samples evaluated, summed over the right-hand-side calls (the batch
+    /// size of each call): the work done. When finished samples leave the
+    /// batch (see [`OdeRhs::restrict`]) it equals the sum of
+    /// [`OdeSolution::nfe_per_sample`]; otherwise `nfe` times the batch.
+    pub sample_evals: usize,
     /// Accepted steps per sample.
     pub accepted: Vec<usize>,
     /// Rejected steps per sample.
     pub rejected: Vec<usize>,
+}
+
+/// The whole batch: `full` (holding the samples that left the working batch)
+/// with the working batch `x`, whose sample `i` is sample `idx[i]`, written
+/// in; `x` itself while no sample has left (`full` is `None`).
+fn merged<B: Backend>(
+    b: &B,
+    full: &Option<B::Tensor>,
+    idx: &[usize],
+    x: &B::Tensor,
+) -> Result<B::Tensor> {
+    Ok(match full {
+        None => x.clone(),
+        Some(f) if idx.is_empty() => f.clone(),
+        Some(f) => b.put_samples(f, idx, x)?,
+    })
+}
+
+/// The `m` scalars per sample of the samples at `positions` of `a`.
+fn gather_aux(a: &[f64], positions: &[usize], m: usize) -> Vec<f64> {
+    positions
+        .iter()
+        .flat_map(|&i| a[i * m..(i + 1) * m].iter().copied())
+        .collect()
+}
+
+/// Writes the `m` scalars per sample of the working batch `a` (sample `i`
+/// is sample `idx[i]` of the whole batch) into `full`.
+fn scatter_aux(full: &mut [f64], idx: &[usize], a: &[f64], m: usize) {
+    for (i, &n) in idx.iter().enumerate() {
+        full[n * m..(n + 1) * m].copy_from_slice(&a[i * m..(i + 1) * m]);
+    }
 }
 
 /// RMS of `(err_x, err_a)` scaled elementwise by `atol + rtol max(|y0|, |y1|)`:
@@ -155,7 +220,12 @@ where
 /// stop the solver, and a hook that [`projects`](SamplerHooks::projects) gets
 /// the state after every step (with per-sample times) and may replace it;
 /// the solver then re-evaluates its first stage (one more `rhs` call per
-/// step). `rng` is passed to the hooks only; the solver draws no noise.
+/// step, none after the last sample has finished when finished samples
+/// leave the batch). Hooks always get the whole batch, finished samples
+/// included. `rng` is passed to the hooks only; the solver draws no noise.
+///
+/// With `t0 == t1` there is nothing to integrate: `x0` and `aux0` come back
+/// without any evaluation.
 #[allow(clippy::too_many_arguments)]
 pub fn integrate_with_hooks<B, R, H>(
     b: &B,
@@ -185,30 +255,74 @@ where
     let m = aux0.len() / batch;
     let dir = if t1 >= t0 { 1.0 } else { -1.0 };
     let span = (t1 - t0).abs();
-    let mut x = x0;
-    let mut aux = aux0;
-    let mut t = vec![t0; batch];
-    let mut done = vec![span == 0.0; batch];
     let mut nfe = 0;
+    let mut sample_evals = 0;
     let mut nfe_per_sample = vec![0usize; batch];
     let mut accepted = vec![0usize; batch];
     let mut rejected = vec![0usize; batch];
-    let count = |done: &[bool], nfe: &mut usize, per: &mut [usize]| {
-        *nfe += 1;
-        for (p, d) in per.iter_mut().zip(done) {
-            *p += usize::from(!d);
-        }
-    };
+    if span == 0.0 {
+        b.check_finite(&x0, "ODE solution")
+            .map_err(|_| SolverError::NonFinite {
+                what: "ODE solution",
+                t: t1,
+            })?;
+        return Ok(OdeSolution {
+            x: x0,
+            aux: aux0,
+            nfe,
+            nfe_per_sample,
+            sample_evals,
+            accepted,
+            rejected,
+        });
+    }
+    // The working batch, what `rhs` evaluates: sample `i` of `x` (and of
+    // `k1`; scalars `i * m..(i + 1) * m` of `aux` and `k1a`) is sample
+    // `idx[i]` of the whole batch. The per-sample bookkeeping (`t`, `h`,
+    // `done`, ...) is indexed by the whole batch. With StepScope::PerSample,
+    // samples that finish leave the working batch once `rhs` agrees
+    // (`compact`), and their final states wait in `x_full` and `aux_full`.
+    // (With StepScope::Batch all samples finish together, and the
+    // whole-state norm needs them all until then.)
+    let mut idx: Vec<usize> = (0..batch).collect();
+    let mut compact = cfg.scope == StepScope::PerSample;
+    let mut x = x0;
+    let mut aux = aux0;
+    let mut x_full: Option<B::Tensor> = None;
+    let mut aux_full = vec![0.0; batch * m];
+    let mut t = vec![t0; batch];
+    let mut done = vec![false; batch];
+    // One `rhs` call on the working batch.
+    let count =
+        |idx: &[usize], done: &[bool], nfe: &mut usize, evals: &mut usize, per: &mut [usize]| {
+            *nfe += 1;
+            *evals += idx.len();
+            for &n in idx {
+                per[n] += usize::from(!done[n]);
+            }
+        };
 
     let (mut k1, mut k1a) = rhs.eval(b, &x, &t)?;
-    count(&done, &mut nfe, &mut nfe_per_sample);
+    count(
+        &idx,
+        &done,
+        &mut nfe,
+        &mut sample_evals,
+        &mut nfe_per_sample,
+    );
 
     // Initial step magnitudes (per sample).
     let mut h: Vec<f64> = match cfg.h_init {
         Some(h) => vec![h; batch],
         None => {
             let h = initial_step(b, rhs, cfg, &x, &aux, &k1, &k1a, &t, dir, span, m)?;
-            count(&done, &mut nfe, &mut nfe_per_sample);
+            count(
+                &idx,
+                &done,
+                &mut nfe,
+                &mut sample_evals,
+                &mut nfe_per_sample,
+            );
             h
         }
     };
@@ -228,9 +342,11 @@ where
             });
         }
         steps += 1;
-        // Signed step per sample, clipped to land exactly on t1; 0 when done.
-        let hs: Vec<f64> = (0..batch)
-            .map(|n| {
+        // Signed step per working sample, clipped to land exactly on t1; 0
+        // when done (a finished sample still in the working batch is frozen).
+        let hs: Vec<f64> = idx
+            .iter()
+            .map(|&n| {
                 if done[n] {
                     0.0
                 } else {
@@ -258,9 +374,19 @@ where
                     *v += hs[j / m.max(1)] * a * ka[j];
                 }
             }
-            let ts: Vec<f64> = (0..batch).map(|n| t[n] + C[i + 1] * hs[n]).collect();
+            let ts: Vec<f64> = idx
+                .iter()
+                .zip(&hs)
+                .map(|(&n, h)| t[n] + C[i + 1] * h)
+                .collect();
             let (k, ka) = rhs.eval(b, &y_stage, &ts)?;
-            count(&done, &mut nfe, &mut nfe_per_sample);
+            count(
+                &idx,
+                &done,
+                &mut nfe,
+                &mut sample_evals,
+                &mut nfe_per_sample,
+            );
             ks.push(k);
             kas.push(ka);
         }
@@ -285,17 +411,17 @@ where
         // share one time, step size and accept/reject decision.
         let en = error_norms(b, cfg, &err, &x, &y_stage, &err_a, &aux, &a_stage, m)?;
         // Accept / reject per sample and pick the next step size.
-        let mut acc = vec![false; batch];
-        for n in 0..batch {
+        let mut acc = vec![false; idx.len()];
+        for (i, &n) in idx.iter().enumerate() {
             if done[n] {
                 continue;
             }
-            let e = en[n];
+            let e = en[i];
             if e <= 1.0 {
-                acc[n] = true;
+                acc[i] = true;
                 accepted[n] += 1;
-                let reached = (t1 - t[n]).abs() <= hs[n].abs();
-                t[n] = if reached { t1 } else { t[n] + hs[n] };
+                let reached = (t1 - t[n]).abs() <= hs[i].abs();
+                t[n] = if reached { t1 } else { t[n] + hs[i] };
                 done[n] = reached;
                 let mut factor = if e == 0.0 {
                     MAX_FACTOR
@@ -312,7 +438,7 @@ where
                     factor = factor.min(1.0);
                 }
                 err_prev[n] = e.max(1e-4);
-                h[n] = (hs[n].abs() * factor).min(cfg.h_max);
+                h[n] = (hs[i].abs() * factor).min(cfg.h_max);
                 last_rejected[n] = false;
             } else {
                 rejected[n] += 1;
@@ -321,7 +447,7 @@ where
                 } else {
                     MIN_FACTOR
                 };
-                h[n] = hs[n].abs() * factor;
+                h[n] = hs[i].abs() * factor;
                 last_rejected[n] = true;
                 if h[n] < cfg.h_min {
                     return Err(SolverError::StepSizeUnderflow {
@@ -347,10 +473,47 @@ where
                 k1a[j] = k7a[j];
             }
         }
+        // Finished samples leave the working batch (once `rhs` agrees).
+        if compact && idx.iter().any(|&n| done[n]) {
+            let keep: Vec<usize> = (0..idx.len()).filter(|&i| !done[idx[i]]).collect();
+            let kept: Vec<usize> = keep.iter().map(|&i| idx[i]).collect();
+            if kept.is_empty() || rhs.restrict(b, &kept)? {
+                x_full = Some(merged(b, &x_full, &idx, &x)?);
+                scatter_aux(&mut aux_full, &idx, &aux, m);
+                if !kept.is_empty() {
+                    x = b.take_samples(&x, &keep)?;
+                    k1 = b.take_samples(&k1, &keep)?;
+                    aux = gather_aux(&aux, &keep, m);
+                    k1a = gather_aux(&k1a, &keep, m);
+                }
+                idx = kept;
+            } else {
+                compact = false;
+            }
+        }
         if hooks.projects() && acc.iter().any(|a| *a) {
-            x = hooks.after_update(b, Update::exact(x), &t, rng)?.x;
-            (k1, k1a) = rhs.eval(b, &x, &t)?;
-            count(&done, &mut nfe, &mut nfe_per_sample);
+            // The hook sees, and may change, the whole batch.
+            let full = merged(b, &x_full, &idx, &x)?;
+            let full = hooks.after_update(b, Update::exact(full), &t, rng)?.x;
+            if x_full.is_some() {
+                if !idx.is_empty() {
+                    x = b.take_samples(&full, &idx)?;
+                }
+                x_full = Some(full);
+            } else {
+                x = full;
+            }
+            if !idx.is_empty() {
+                let tw: Vec<f64> = idx.iter().map(|&n| t[n]).collect();
+                (k1, k1a) = rhs.eval(b, &x, &tw)?;
+                count(
+                    &idx,
+                    &done,
+                    &mut nfe,
+                    &mut sample_evals,
+                    &mut nfe_per_sample,
+                );
+            }
         }
         let info = StepInfo {
             step: steps,
@@ -365,6 +528,8 @@ where
             });
         }
     }
+    let x = merged(b, &x_full, &idx, &x)?;
+    scatter_aux(&mut aux_full, &idx, &aux, m);
     b.check_finite(&x, "ODE solution")
         .map_err(|_| SolverError::NonFinite {
             what: "ODE solution",
@@ -372,9 +537,10 @@ where
         })?;
     Ok(OdeSolution {
         x,
-        aux,
+        aux: aux_full,
         nfe,
         nfe_per_sample,
+        sample_evals,
         accepted,
         rejected,
     })
@@ -465,6 +631,12 @@ where
             Vec::new(),
         ))
     }
+
+    /// Stateless itself: any selection of samples can be evaluated on its
+    /// own when the model's can ([`ScoreModel::independent_samples`]).
+    fn restrict(&mut self, _b: &B, _active: &[usize]) -> Result<bool> {
+        Ok(self.model.independent_samples())
+    }
 }
 
 /// Samples, latents or reconstructions from the probability-flow ODE.
@@ -476,6 +648,9 @@ pub struct OdeOutput<T> {
     pub nfe: usize,
     /// Score evaluations during which each sample was still moving.
     pub nfe_per_sample: Vec<usize>,
+    /// Samples the score model evaluated, summed over its calls (the sum of
+    /// `nfe_per_sample`: finished samples leave the batch).
+    pub sample_evals: usize,
     /// Accepted steps per sample.
     pub accepted: Vec<usize>,
     /// Rejected steps per sample.
@@ -488,6 +663,7 @@ impl<T> OdeOutput<T> {
             x: s.x,
             nfe: s.nfe,
             nfe_per_sample: s.nfe_per_sample,
+            sample_evals: s.sample_evals,
             accepted: s.accepted,
             rejected: s.rejected,
         }
@@ -653,6 +829,7 @@ where
         let score = model.score(b, &out.x, &t)?;
         out.x = sde.reverse_discrete_step(b, &out.x, &t, &score)?.0;
         out.nfe += 1;
+        out.sample_evals += out.nfe_per_sample.len();
         for n in out.nfe_per_sample.iter_mut() {
             *n += 1;
         }

@@ -5,9 +5,10 @@
 mod common;
 
 use sde_core::analytic::{AnalyticScore, DiagGaussian, GaussianMixture};
-use sde_core::{Backend, Coef, CpuBackend, NoiseRng, Sde, Shape};
+use sde_core::{Backend, Coef, CpuBackend, NoiseRng, ScoreModel, Sde, Shape};
 use solvers::{
-    decode, encode, integrate, ode_sample, OdeConfig, OdeRhs, SolverError, StepControl, StepScope,
+    decode, encode, integrate, integrate_with_hooks, ode_sample, ode_sample_from, OdeConfig,
+    OdeRhs, SamplerHooks, SolverError, StepControl, StepScope, Update,
 };
 
 /// `dx/dt = lambda_n x` per sample (and `da/dt = lambda_n a` for the auxiliary
@@ -715,4 +716,350 @@ fn batch_scope_is_scipy_rk45_on_the_flattened_batch() {
         }
         println!("{t0}->{t1}: max |x - x_ref| / (atol + rtol |x_ref|) = {worst:.2e}");
     }
+}
+
+/// Passes every call to the wrapped right-hand side but refuses
+/// [`OdeRhs::restrict`]: the solver then evaluates the whole batch every
+/// time, finished samples frozen (what it did before they left the batch).
+struct Frozen<R>(R);
+
+impl<B: Backend, R: OdeRhs<B>> OdeRhs<B> for Frozen<R> {
+    fn eval(&mut self, b: &B, x: &B::Tensor, t: &[f64]) -> solvers::Result<(B::Tensor, Vec<f64>)> {
+        self.0.eval(b, x, t)
+    }
+}
+
+/// Per sample `n`: `dx/dt = lambda_n x` and two auxiliary scalars,
+/// `da/dt = (lambda_n cos t + x_0, -x_1 t)`. Follows the solver's working
+/// batch through [`OdeRhs::restrict`] and records the batch of every call.
+struct Shrinking {
+    lambdas: Vec<f32>,
+    active: Vec<usize>,
+    sizes: Vec<usize>,
+    restricts: usize,
+}
+
+impl Shrinking {
+    fn new(lambdas: &[f32]) -> Self {
+        Shrinking {
+            lambdas: lambdas.to_vec(),
+            active: (0..lambdas.len()).collect(),
+            sizes: Vec::new(),
+            restricts: 0,
+        }
+    }
+}
+
+impl OdeRhs<CpuBackend> for Shrinking {
+    fn eval(
+        &mut self,
+        b: &CpuBackend,
+        x: &sde_core::CpuTensor,
+        t: &[f64],
+    ) -> solvers::Result<(sde_core::CpuTensor, Vec<f64>)> {
+        let n = b.shape(x).batch();
+        assert_eq!((n, t.len()), (self.active.len(), self.active.len()));
+        self.sizes.push(n);
+        let lam: Vec<f32> = self.active.iter().map(|&i| self.lambdas[i]).collect();
+        let mut da = Vec::with_capacity(2 * n);
+        for (i, (&t, &l)) in t.iter().zip(&lam).enumerate() {
+            let s = x.sample(i);
+            da.push(f64::from(l) * t.cos() + f64::from(s[0]));
+            da.push(-f64::from(s[1]) * t);
+        }
+        Ok((b.scale(x, Coef::PerSample(&lam))?, da))
+    }
+
+    fn restrict(&mut self, _b: &CpuBackend, active: &[usize]) -> solvers::Result<bool> {
+        assert!(!active.is_empty() && active.windows(2).all(|w| w[0] < w[1]));
+        assert!(active.iter().all(|i| self.active.contains(i)) && active.len() < self.active.len());
+        self.active = active.to_vec();
+        self.restricts += 1;
+        Ok(true)
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|v| v.to_bits()).collect()
+}
+
+fn bits64(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Samples of very different difficulty (rates from -40 to 3, scales from
+/// 1e-3 to 100) finish at very different steps. Finished samples leave the
+/// batch: every sample's state, auxiliary scalars, evaluation count and
+/// accepted and rejected steps are bit for bit those of the frozen-batch
+/// solver and of the sample solved alone, in both directions and with both
+/// controllers; the solver evaluates exactly the samples still moving
+/// (`sample_evals` = sum of `nfe_per_sample`), far fewer than the frozen
+/// batch's `nfe * batch`, and `nfe` (batched calls) is unchanged.
+#[test]
+fn finished_samples_leave_the_batch_with_bit_identical_results() {
+    let b = CpuBackend;
+    let lambdas = [-0.1f32, -40.0, 3.0, -8.0, -0.5, -40.0, 0.2];
+    let scales = [1.0f32, 100.0, 1e-3, 10.0, 1.0, 1e-2, 30.0];
+    let n = lambdas.len();
+    let x0: Vec<f32> = (0..n * 2)
+        .map(|i| (0.5 + i as f32 * 0.25) * scales[i / 2] * if i % 3 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let a0: Vec<f64> = (0..n * 2).map(|i| 0.1 * i as f64 - 0.3).collect();
+    let shape = Shape::new([n, 2]).unwrap();
+    for control in [StepControl::Standard, StepControl::Pi] {
+        for (t0, t1) in [(0.0, 1.0), (1.0, 0.1)] {
+            let cfg = OdeConfig {
+                rtol: 1e-6,
+                atol: 1e-8,
+                control,
+                ..OdeConfig::default()
+            };
+            let x = b.tensor(x0.clone(), &shape).unwrap();
+            let mut rhs = Shrinking::new(&lambdas);
+            let sol = integrate(&b, &mut rhs, x.clone(), a0.clone(), t0, t1, &cfg).unwrap();
+            let mut frozen = Frozen(Shrinking::new(&lambdas));
+            let old = integrate(&b, &mut frozen, x, a0.clone(), t0, t1, &cfg).unwrap();
+            let case = format!("{control:?} {t0}->{t1}");
+            assert_eq!(bits(sol.x.data()), bits(old.x.data()), "{case}: x");
+            assert_eq!(bits64(&sol.aux), bits64(&old.aux), "{case}: aux");
+            assert_eq!(sol.nfe_per_sample, old.nfe_per_sample, "{case}");
+            assert_eq!(sol.accepted, old.accepted, "{case}");
+            assert_eq!(sol.rejected, old.rejected, "{case}");
+            assert_eq!(sol.nfe, old.nfe, "{case}: batched calls");
+            // The work: only samples still moving are evaluated.
+            let moving: usize = sol.nfe_per_sample.iter().sum();
+            assert_eq!(sol.sample_evals, moving, "{case}");
+            assert_eq!(rhs.sizes.iter().sum::<usize>(), moving, "{case}");
+            assert_eq!(rhs.sizes.len(), sol.nfe, "{case}");
+            assert_eq!(old.sample_evals, old.nfe * n, "{case}");
+            assert_eq!(frozen.0.sizes, vec![n; old.nfe], "{case}");
+            let (least, most) = (
+                *sol.nfe_per_sample.iter().min().unwrap(),
+                *sol.nfe_per_sample.iter().max().unwrap(),
+            );
+            assert!(most > 3 * least, "{case}: {:?}", sol.nfe_per_sample);
+            assert!(2 * sol.sample_evals < old.sample_evals, "{case}");
+            assert!(rhs.restricts >= 2, "{case}: {} restrictions", rhs.restricts);
+            println!(
+                "{case}: nfe {} per sample {:?}: {} sample evaluations instead of {}",
+                sol.nfe, sol.nfe_per_sample, sol.sample_evals, old.sample_evals
+            );
+            // Each sample alone.
+            for i in 0..n {
+                let xi = b
+                    .tensor(x0[2 * i..2 * i + 2].to_vec(), &Shape::new([1, 2]).unwrap())
+                    .unwrap();
+                let mut alone = Shrinking::new(&lambdas[i..=i]);
+                let ai = a0[2 * i..2 * i + 2].to_vec();
+                let one = integrate(&b, &mut alone, xi, ai, t0, t1, &cfg).unwrap();
+                assert_eq!(
+                    bits(one.x.data()),
+                    bits(sol.x.sample(i)),
+                    "{case} sample {i}"
+                );
+                assert_eq!(
+                    bits64(&one.aux),
+                    bits64(&sol.aux[2 * i..2 * i + 2]),
+                    "{case} sample {i}: aux"
+                );
+                assert_eq!(one.nfe, sol.nfe_per_sample[i], "{case} sample {i}");
+                assert_eq!(
+                    (one.accepted[0], one.rejected[0]),
+                    (sol.accepted[i], sol.rejected[i]),
+                    "{case} sample {i}"
+                );
+            }
+        }
+    }
+}
+
+/// Records the batch and times a projecting hook gets, and pins the last
+/// element of every sample to 0.5.
+#[derive(Default)]
+struct Pin {
+    calls: usize,
+}
+
+impl SamplerHooks<CpuBackend> for Pin {
+    fn after_update(
+        &mut self,
+        b: &CpuBackend,
+        update: Update<sde_core::CpuTensor>,
+        t: &[f64],
+        _rng: &mut NoiseRng,
+    ) -> solvers::Result<Update<sde_core::CpuTensor>> {
+        self.calls += 1;
+        assert_eq!(b.shape(&update.x).batch(), t.len());
+        let d = b.shape(&update.x).sample_numel();
+        let mut x = b.to_vec(&update.x)?;
+        for v in x.iter_mut().skip(d - 1).step_by(d) {
+            *v = 0.5;
+        }
+        Ok(Update::exact(b.tensor(x, b.shape(&update.x))?))
+    }
+    fn projects(&self) -> bool {
+        true
+    }
+}
+
+/// Probability-flow sampling of the 16-D mixture from prior draws scaled
+/// from 0.1 to 6 (so that the samples need very different numbers of
+/// steps): the analytic score evaluates each sample on its own, so leaving
+/// the batch changes no bit of any sample, nor `nfe_per_sample`, against
+/// the frozen batch and against each sample solved alone. With a projecting
+/// hook (which gets the whole batch every time, finished samples included)
+/// the results stay bit-identical too; the solver only skips the frozen
+/// batch's last evaluation after the final projection.
+#[test]
+fn ode_sampling_with_shrinking_batches_is_bit_identical() {
+    let b = CpuBackend;
+    let sde = &common::test_sdes(1000)[1];
+    let model = AnalyticScore::new(common::mixture_16d(), sde.clone());
+    let (n, d) = (24, 16);
+    let shape = Shape::new([n, d]).unwrap();
+    let mut z = b
+        .to_vec(&b.gaussian(&shape, NoiseRng::new(4).next_key()).unwrap())
+        .unwrap();
+    let factor = [0.1f32, 1.0, 3.0, 6.0];
+    for (i, v) in z.iter_mut().enumerate() {
+        *v *= factor[(i / d) % 4];
+    }
+    let z = b.tensor(z, &shape).unwrap();
+    let eps = 1e-3;
+    let cfg = OdeConfig {
+        rtol: 1e-5,
+        atol: 1e-5,
+        eps: Some(eps),
+        ..OdeConfig::default()
+    };
+    let flow = || solvers::ode::FlowRhs { sde, model: &model };
+    let rng = || NoiseRng::new(0);
+    let new = ode_sample_from(&b, sde, &model, z.clone(), &cfg, &mut rng(), &mut ()).unwrap();
+    let old = integrate_with_hooks(
+        &b,
+        &mut Frozen(flow()),
+        z.clone(),
+        Vec::new(),
+        sde.t_max(),
+        eps,
+        &cfg,
+        &mut (),
+        &mut rng(),
+    )
+    .unwrap();
+    assert_eq!(bits(new.x.data()), bits(old.x.data()));
+    assert_eq!(new.nfe_per_sample, old.nfe_per_sample);
+    assert_eq!(new.nfe, old.nfe);
+    let moving: usize = new.nfe_per_sample.iter().sum();
+    assert_eq!(new.sample_evals, moving);
+    assert_eq!(old.sample_evals, old.nfe * n);
+    let (least, most) = (
+        *new.nfe_per_sample.iter().min().unwrap(),
+        *new.nfe_per_sample.iter().max().unwrap(),
+    );
+    assert!(least < most, "{:?}", new.nfe_per_sample);
+    println!(
+        "16-D mixture, {n} samples: nfe {} per sample {least}..{most}: \
+         {} sample evaluations instead of {}",
+        new.nfe, new.sample_evals, old.sample_evals
+    );
+    for i in [0, 1, 2, 3, n - 1] {
+        let zi = b.take_samples(&z, &[i]).unwrap();
+        let one = ode_sample_from(&b, sde, &model, zi, &cfg, &mut rng(), &mut ()).unwrap();
+        assert_eq!(bits(one.x.data()), bits(new.x.sample(i)), "sample {i}");
+        assert_eq!(one.nfe, new.nfe_per_sample[i], "sample {i}");
+    }
+    // With a projection.
+    let mut pin = Pin::default();
+    let new = ode_sample_from(&b, sde, &model, z.clone(), &cfg, &mut rng(), &mut pin).unwrap();
+    let mut pin_old = Pin::default();
+    let old = integrate_with_hooks(
+        &b,
+        &mut Frozen(flow()),
+        z,
+        Vec::new(),
+        sde.t_max(),
+        eps,
+        &cfg,
+        &mut pin_old,
+        &mut rng(),
+    )
+    .unwrap();
+    assert_eq!(bits(new.x.data()), bits(old.x.data()));
+    assert!(new
+        .x
+        .data()
+        .iter()
+        .skip(d - 1)
+        .step_by(d)
+        .all(|v| *v == 0.5));
+    assert_eq!(new.nfe_per_sample, old.nfe_per_sample);
+    assert_eq!(pin.calls, pin_old.calls);
+    assert_eq!(new.nfe + 1, old.nfe);
+    assert_eq!(new.sample_evals, new.nfe_per_sample.iter().sum::<usize>());
+}
+
+/// A span of zero integrates nothing: the state comes back as it is, without
+/// evaluations.
+#[test]
+fn an_empty_span_evaluates_nothing() {
+    let b = CpuBackend;
+    let (mut rhs, x0) = linear_problem(&[-1.0, 2.0]);
+    let sol = integrate(
+        &b,
+        &mut rhs,
+        x0.clone(),
+        vec![1.0, 2.0],
+        0.5,
+        0.5,
+        &OdeConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(sol.x, x0);
+    assert_eq!(sol.aux, [1.0, 2.0]);
+    assert_eq!((sol.nfe, sol.sample_evals), (0, 0));
+    assert_eq!(sol.nfe_per_sample, [0, 0]);
+}
+
+/// A score model that does not say its samples are independent (as one
+/// with per-sample state, such as class labels, must not).
+struct Opaque<M>(M);
+
+impl<B: Backend, M: ScoreModel<B>> ScoreModel<B> for Opaque<M> {
+    fn score(&self, b: &B, x: &B::Tensor, t: &[f64]) -> sde_core::Result<B::Tensor> {
+        self.0.score(b, x, t)
+    }
+}
+
+/// A model that does not declare its samples independent keeps the whole
+/// batch (finished samples frozen), with the same results.
+#[test]
+fn models_with_per_sample_state_keep_the_whole_batch() {
+    let b = CpuBackend;
+    let sde = &common::test_sdes(1000)[1];
+    let exact = AnalyticScore::new(common::mixture_2d(), sde.clone());
+    let shape = Shape::new([16, 2]).unwrap();
+    let cfg = OdeConfig::default();
+    let run = |model: &dyn ScoreModel<CpuBackend>| {
+        ode_sample(
+            &b,
+            sde,
+            &model,
+            &shape,
+            &cfg,
+            &mut NoiseRng::new(7),
+            &mut (),
+        )
+        .unwrap()
+    };
+    let (shrunk, whole) = (run(&exact), run(&Opaque(&exact)));
+    assert!(ScoreModel::<CpuBackend>::independent_samples(&exact));
+    assert_eq!(whole.sample_evals, whole.nfe * 16);
+    assert_eq!(
+        shrunk.sample_evals,
+        shrunk.nfe_per_sample.iter().sum::<usize>()
+    );
+    assert!(shrunk.sample_evals < whole.sample_evals);
+    assert_eq!(bits(shrunk.x.data()), bits(whole.x.data()));
+    assert_eq!(shrunk.nfe_per_sample, whole.nfe_per_sample);
 }

@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use sde_core::backend::check_same_shape;
+use sde_core::backend::{check_put_samples, check_same_shape, check_sample_indices};
 use sde_core::{Backend, Coef, Error, NoiseKey, Result, Shape};
 
 use super::context::GpuContext;
@@ -75,6 +75,20 @@ fn subgroup_kernel(kernel: &'static str) -> &'static str {
         "sample_scaled_rms" => "sample_scaled_rms_sg",
         other => other,
     }
+}
+
+/// Runs of consecutive indices: `(position, index, len)` for each maximal
+/// stretch where `indices[position + k] == index + k` for `k < len`. A batch
+/// position and a sample index per run, so one copy moves each run.
+fn index_runs(indices: &[usize]) -> Vec<(usize, usize, usize)> {
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for (pos, &i) in indices.iter().enumerate() {
+        match runs.last_mut() {
+            Some((_, start, len)) if *start + *len == i => *len += 1,
+            _ => runs.push((pos, i, 1)),
+        }
+    }
+    runs
 }
 
 /// A [`GpuError`] as an `sde_core::Error`.
@@ -345,6 +359,46 @@ impl Backend for WgpuBackend {
         )
     }
 
+    fn take_samples(&self, x: &WgpuTensor, indices: &[usize]) -> Result<WgpuTensor> {
+        check_sample_indices("take_samples", indices, x.shape.batch())?;
+        let (out, _) = self.output("take_samples", &x.shape.with_batch(indices.len())?)?;
+        let bytes = x.shape.sample_numel() as u64 * 4;
+        for (pos, index, len) in index_runs(indices) {
+            self.ctx.copy(
+                &x.buffer,
+                index as u64 * bytes,
+                &out.buffer,
+                pos as u64 * bytes,
+                len as u64 * bytes,
+            );
+        }
+        self.ctx.check_fault().map_err(gpu)?;
+        Ok(out)
+    }
+
+    fn put_samples(
+        &self,
+        full: &WgpuTensor,
+        indices: &[usize],
+        part: &WgpuTensor,
+    ) -> Result<WgpuTensor> {
+        check_put_samples(&full.shape, indices, &part.shape)?;
+        let (out, _) = self.output("put_samples", &full.shape)?;
+        self.ctx.copy(&full.buffer, 0, &out.buffer, 0, full.bytes());
+        let bytes = full.shape.sample_numel() as u64 * 4;
+        for (pos, index, len) in index_runs(indices) {
+            self.ctx.copy(
+                &part.buffer,
+                pos as u64 * bytes,
+                &out.buffer,
+                index as u64 * bytes,
+                len as u64 * bytes,
+            );
+        }
+        self.ctx.check_fault().map_err(gpu)?;
+        Ok(out)
+    }
+
     fn sync(&self) -> Result<()> {
         self.ctx.sync().map_err(gpu)
     }
@@ -455,5 +509,21 @@ impl Backend for WgpuBackend {
             index: index as usize,
             value: f64::from(value),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index_runs;
+
+    #[test]
+    fn runs_of_consecutive_indices() {
+        assert_eq!(index_runs(&[0]), [(0, 0, 1)]);
+        assert_eq!(index_runs(&[0, 1, 2, 3]), [(0, 0, 4)]);
+        assert_eq!(
+            index_runs(&[4, 0, 2, 3, 1, 7, 8]),
+            [(0, 4, 1), (1, 0, 1), (2, 2, 2), (4, 1, 1), (5, 7, 2)]
+        );
+        assert_eq!(index_runs(&[3, 2, 1]), [(0, 3, 1), (1, 2, 1), (2, 1, 1)]);
     }
 }

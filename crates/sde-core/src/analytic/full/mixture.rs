@@ -318,6 +318,11 @@ impl<B: Backend, S: Sde> ScoreModel<B> for FullMixtureScore<S> {
     fn score(&self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<B::Tensor> {
         batch::score(b, &self.sde, self.data.dim(), x, t, self.host())
     }
+
+    /// Every sample is evaluated on its own, on the host.
+    fn independent_samples(&self) -> bool {
+        true
+    }
 }
 
 impl<B: Backend, S: Sde> ScoreVjp<B> for FullMixtureScore<S> {
