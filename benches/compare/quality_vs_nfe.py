@@ -46,10 +46,12 @@ def rows():
 
 
 def run_json(cmd):
+    """The command's JSON summary, or (None, its last error line)."""
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr}")
-    return json.loads(done.stdout)
+        lines = [l for l in done.stderr.splitlines() if l.startswith("error:") and "XDG" not in l]
+        return None, (lines[-1] if lines else done.stderr.strip()[-200:])
+    return json.loads(done.stdout), None
 
 
 def main():
@@ -73,12 +75,20 @@ def main():
                "-n", str(a.n), "--batch-size", str(a.n), "--out", os.path.join(tmp, "s.png"),
                "--npy", npy] + flags
         t0 = time.time()
-        s = run_json(cmd)
+        s, err = run_json(cmd)
         secs = time.time() - t0
+        if s is None:
+            # e.g. PC with fewer levels than VP's DDPM chain allows.
+            row = {"sampler": name, "nfe": nfe, "error": err}
+            results.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            continue
         f_cmd = [a.bin, "frechet", "--json", "--ckpt", a.ckpt, "--npy", npy]
         if a.classifier:
             f_cmd += ["--classifier", a.classifier]
-        f = run_json(f_cmd)
+        f, err = run_json(f_cmd)
+        if f is None:
+            sys.exit(f"frechet failed: {err}")
         row = {"sampler": name, "nfe": s["nfe"], "seconds": secs, "sample_seconds": s["seconds"],
                "fd_pixels": f["frechet_pixels"], "fd_features": f["frechet_features"],
                "config": s["sampler"]}
@@ -87,6 +97,9 @@ def main():
     print("| sampler | NFE | FD pixels | FD classifier features | sampling time (s) |")
     print("|---|---|---|---|---|")
     for r in results:
+        if "error" in r:
+            print(f"| {r['sampler']} | {r['nfe']} | not run: {r['error']} | | |")
+            continue
         feat = "-" if r["fd_features"] is None else f"{r['fd_features']:.3f}"
         print(f"| {r['sampler']} | {r['nfe']} | {r['fd_pixels']:.3f} | {feat} | {r['sample_seconds']:.2f} |")
     if a.json_out:
