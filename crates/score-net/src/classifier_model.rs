@@ -53,6 +53,16 @@ impl Network for Classifier {
         Classifier::forward(self, b, params, x, time_input, dropout_key)
     }
 
+    fn forward_inference<B: NetBackend>(
+        &self,
+        b: &B,
+        params: &B::Tensor,
+        x: &B::Tensor,
+        time_input: &[f64],
+    ) -> Result<B::Tensor> {
+        Classifier::forward_inference(self, b, params, x, time_input)
+    }
+
     fn backward<B: NetBackend>(
         &self,
         b: &B,
