@@ -114,10 +114,8 @@ impl<B: NetBackend, S: Sde> ClassifierModel<B, S> {
     /// The logits `[N, K]` of `x` at times `t` (no dropout).
     pub fn logits(&self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<B::Tensor> {
         self.sde.check_times(t, b.shape(x).batch())?;
-        let (logits, _) = self
-            .net
-            .forward(b, self.store.params(), x, &self.time_input(t), None)?;
-        Ok(logits)
+        self.net
+            .forward_inference(b, self.store.params(), x, &self.time_input(t))
     }
 
     /// The most probable class of each sample of `x` at times `t`.

@@ -1,8 +1,9 @@
-//! The inference forward (no cache) on the CPU backend: the UNet's and the
-//! classifier's `forward_inference` give the cached forward's output without
-//! dropout bit for bit (the same ops run in the same order; only the
-//! lifetime of the activations differs), over configurations with and
-//! without attention, both embeddings and resampling kinds, several
+//! The inference forward (no cache) on the CPU backend: the UNet's
+//! `forward_inference`, the score model's `score` (what sampling calls) and
+//! the classifier's `forward_inference` / `logits` give the cached forward's
+//! output without dropout bit for bit (the same ops run in the same order;
+//! only the lifetime of the activations differs), over configurations with
+//! and without attention, both embeddings and resampling kinds, several
 //! resolutions, channel multipliers and block counts, grey and RGB, and the
 //! dropout setting ignored. Also through the `Network` trait, and the same
 //! typed input errors as the cached forward.
@@ -13,9 +14,9 @@ mod common;
 use common::randn;
 use score_net::{
     Classifier, ClassifierConfig, ClassifierModel, Embedding, Network, ParamBuilder, Resample,
-    Unet, UnetConfig,
+    Unet, UnetConfig, UnetScore,
 };
-use sde_core::{CpuBackend, CpuTensor, NoiseKey, SdeConfig, SdeKind};
+use sde_core::{CpuBackend, CpuTensor, NoiseKey, ScoreModel, SdeConfig, SdeKind};
 
 /// Asserts `got` and `want` have the same shape and the same bits in every element.
 fn assert_bits(name: &str, got: &CpuTensor, want: &CpuTensor) {
@@ -135,6 +136,37 @@ fn unet_inference_equals_the_cached_forward_bit_for_bit() {
     }
 }
 
+/// `ScoreModel::score` (sampling) runs the inference forward and gives the
+/// score of `score_with_cache` without dropout bit for bit, for every SDE
+/// family (they scale the output differently).
+#[test]
+fn score_model_score_equals_score_with_cache() {
+    let b = CpuBackend;
+    let cases = unet_cases();
+    for (k, kind) in [SdeKind::Vp, SdeKind::Ve, SdeKind::SubVp]
+        .into_iter()
+        .enumerate()
+    {
+        let (name, cfg, size, _) = &cases[k % 2];
+        let sde = SdeConfig::default_for(kind).build().unwrap();
+        let mut model = UnetScore::new(&b, cfg, *size, sde, 7).unwrap();
+        let p = randn(&[model.store.flat_len()], 30 + k as u64, 0.2);
+        model.store.set_params(&b, p).unwrap();
+        let x = randn(&[3, cfg.in_channels, *size, *size], 3, 1.0);
+        let t = [0.02, 0.4, 0.97];
+        let (want, _) = model.score_with_cache(&b, &x, &t, None).unwrap();
+        let got = ScoreModel::score(&model, &b, &x, &t).unwrap();
+        assert_bits(&format!("{name} {kind:?} score"), &got, &want);
+        let direct = model.score_inference(&b, &x, &t).unwrap();
+        assert_bits(&format!("{name} {kind:?} score_inference"), &direct, &want);
+        // Times outside (0, T] are refused as by the cached path.
+        assert!(model
+            .score_with_cache(&b, &x, &[0.5, 2.0, 0.5], None)
+            .is_err());
+        assert!(model.score_inference(&b, &x, &[0.5, 2.0, 0.5]).is_err());
+    }
+}
+
 #[test]
 fn classifier_inference_equals_the_cached_forward_bit_for_bit() {
     let b = CpuBackend;
@@ -181,6 +213,11 @@ fn classifier_inference_equals_the_cached_forward_bit_for_bit() {
         );
         let via_trait = Network::forward_inference(net, &b, &p, &x, &tin).unwrap();
         assert_bits(&format!("{name} (Network)"), &via_trait, &want);
+        assert_bits(
+            &format!("{name} (logits)"),
+            &model.logits(&b, &x, &t).unwrap(),
+            &want,
+        );
     }
 }
 
