@@ -1,7 +1,9 @@
 //! UNet forward and forward+backward for the reference configuration of the
 //! score-net issue: 28x28x1 images, base 32 channels, multipliers (1, 2, 2),
 //! 2 residual blocks per level, attention at 7x7 (dropout on during the
-//! training step, as in training).
+//! training step, as in training). Two forwards: `unet_forward` builds the
+//! backward cache (as training does), `unet_forward_inference` keeps none
+//! (as sampling does; what PyTorch's `no_grad` forward compares with).
 //!
 //! - group `cpu`: the CPU backend, batch 32;
 //! - group `wgpu`: the wgpu backend (skipped with a message when there is no
@@ -39,6 +41,16 @@ fn bench_on<B: NetBackend>(c: &mut Criterion, group: &str, b: &B, batch: usize) 
             y
         })
     });
+    g.bench_function(
+        format!("unet_forward_inference/28x28x1-b{batch}-nf32"),
+        |bch| {
+            bch.iter(|| {
+                let y = net.forward_inference(b, &params, &x, &t).expect("forward");
+                b.sync().expect("sync");
+                y
+            })
+        },
+    );
     g.bench_function(
         format!("unet_forward_backward/28x28x1-b{batch}-nf32"),
         |bch| {

@@ -405,10 +405,10 @@ fn bench(args: &[String]) -> Result<(), String> {
 }
 
 /// The UNet criterion bench against `benches/compare/torch_unet.py`: prints
-/// the median times of forward and forward+backward and `torch / ours`
-/// (above 1: ours is faster). `PYTHON` picks the interpreter (default
-/// `python3`); PyTorch gets as many threads as rayon (`RAYON_NUM_THREADS` or
-/// the core count).
+/// the median times of forward (ours with and without the backward cache)
+/// and forward+backward and `torch / ours` (above 1: ours is faster).
+/// `PYTHON` picks the interpreter (default `python3`); PyTorch gets as many
+/// threads as rayon (`RAYON_NUM_THREADS` or the core count).
 fn compare_torch() -> Result<(), String> {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
@@ -416,8 +416,20 @@ fn compare_torch() -> Result<(), String> {
     const MISSING: &str = "PyTorch not installed: pip install torch";
     // Criterion's directory names: group, then the function id with `/` as `_`.
     const GROUP: &str = "cpu";
-    const IDS: [(&str, &str, &str); 2] = [
-        ("forward", "unet_forward_28x28x1-b32-nf32", "forward_ms"),
+    // PyTorch's forward (`eval()` under `no_grad`) is timed against both of
+    // ours: the cached one (what training runs) and the inference one (what
+    // sampling runs, no cache, like `no_grad`).
+    const IDS: [(&str, &str, &str); 3] = [
+        (
+            "forward (cached)",
+            "unet_forward_28x28x1-b32-nf32",
+            "forward_ms",
+        ),
+        (
+            "forward (inference)",
+            "unet_forward_inference_28x28x1-b32-nf32",
+            "forward_ms",
+        ),
         (
             "forward+backward",
             "unet_forward_backward_28x28x1-b32-nf32",
@@ -530,7 +542,7 @@ fn compare_torch() -> Result<(), String> {
          {threads} thread(s) on both sides"
     );
     println!(
-        "{:<18} {:>12} {:>12} {:>14}",
+        "{:<20} {:>12} {:>12} {:>14}",
         "bench", "ours (ms)", "torch (ms)", "torch / ours"
     );
     for ((name, _, key), ours_ms) in IDS.iter().zip(&ours) {
@@ -538,7 +550,7 @@ fn compare_torch() -> Result<(), String> {
             .as_f64()
             .ok_or_else(|| format!("PyTorch script output has no {key}"))?;
         println!(
-            "{name:<18} {ours_ms:>12.1} {torch_ms:>12.1} {:>14.3}",
+            "{name:<20} {ours_ms:>12.1} {torch_ms:>12.1} {:>14.3}",
             torch_ms / ours_ms
         );
     }

@@ -21,7 +21,7 @@ use sde_core::{Coef, NoiseKey, Sde, Shape};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NetError;
-use crate::layers::{Conv, GroupNorm, Linear, ResAttn, ResAttnCache};
+use crate::layers::{Conv, GroupNorm, Keep, KeepAll, KeepNone, Linear, ResAttn, ResAttnCache};
 use crate::params::ParamBuilder;
 use crate::time_embed::{TimeEmbed, TimeEmbedCache, TimeInput};
 use crate::unet::{Embedding, Resample, UnetConfig};
@@ -309,8 +309,35 @@ impl Classifier {
         time_input: &[f64],
         dropout_key: Option<NoiseKey>,
     ) -> Result<(B::Tensor, ClassifierCache<B::Tensor>)> {
+        self.forward_with(b, p, x, time_input, dropout_key, KeepAll)
+    }
+
+    /// The logits of [`Classifier::forward`] without dropout, bit for bit,
+    /// with no cache: each activation is dropped as soon as the forward pass
+    /// is done with it. For predictions and evaluation (no gradient).
+    pub fn forward_inference<B: NetBackend>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        time_input: &[f64],
+    ) -> Result<B::Tensor> {
+        Ok(self.forward_with(b, p, x, time_input, None, KeepNone)?.0)
+    }
+
+    /// The forward pass with the cache policy `keep` (see [`crate::layers`]).
+    fn forward_with<B: NetBackend, K: Keep<B::Tensor>>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        time_input: &[f64],
+        dropout_key: Option<NoiseKey>,
+        keep: K,
+    ) -> Result<(B::Tensor, ClassifierCache<K::Kept>)> {
         self.check_batch(b.shape(x), time_input)?;
         let (temb, tcache) = self.temb.forward(b, p, time_input)?;
+        let tcache = tcache.map(|t| keep.keep(t));
         // Each block gets its own dropout stream (as in the UNet).
         let mut block = 0u64;
         let mut next_key = || {
@@ -323,7 +350,7 @@ impl Classifier {
         for item in &self.down {
             match item {
                 DownItem::Res(unit) => {
-                    let (y, uc) = unit.forward(b, p, &h, &temb, next_key())?;
+                    let (y, uc) = unit.forward_with(b, p, &h, &temb, next_key(), keep)?;
                     down.push(DownCache::Res(Box::new(uc)));
                     h = y;
                 }
@@ -332,25 +359,27 @@ impl Classifier {
                         Some(c) => c.forward(b, p, &h)?,
                         None => b.avg_pool2x(&h)?,
                     };
-                    down.push(DownCache::Resample(h));
-                    h = y;
+                    let x_in = std::mem::replace(&mut h, y);
+                    down.push(DownCache::Resample(keep.keep(x_in)));
                 }
             }
         }
         let out_s = self.gn_out.forward_silu(b, p, &h)?;
+        let out_in = keep.keep(h);
         let pool_shape = b.shape(&out_s).clone();
         let sum = b.sum_spatial(&out_s)?;
+        drop(out_s);
         let pooled = b.scale(&sum, Coef::Scalar(inv_pixels(&pool_shape)))?;
         let logits = self.head.forward(b, p, &pooled)?;
         Ok((
             logits,
             ClassifierCache {
                 tcache,
-                temb,
-                x: x.clone(),
+                temb: keep.keep(temb),
+                x: keep.keep_ref(x),
                 down,
-                out_in: h,
-                pooled,
+                out_in,
+                pooled: keep.keep(pooled),
                 pool_shape,
             },
         ))

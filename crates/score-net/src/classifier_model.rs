@@ -53,6 +53,16 @@ impl Network for Classifier {
         Classifier::forward(self, b, params, x, time_input, dropout_key)
     }
 
+    fn forward_inference<B: NetBackend>(
+        &self,
+        b: &B,
+        params: &B::Tensor,
+        x: &B::Tensor,
+        time_input: &[f64],
+    ) -> Result<B::Tensor> {
+        Classifier::forward_inference(self, b, params, x, time_input)
+    }
+
     fn backward<B: NetBackend>(
         &self,
         b: &B,
@@ -104,10 +114,8 @@ impl<B: NetBackend, S: Sde> ClassifierModel<B, S> {
     /// The logits `[N, K]` of `x` at times `t` (no dropout).
     pub fn logits(&self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<B::Tensor> {
         self.sde.check_times(t, b.shape(x).batch())?;
-        let (logits, _) = self
-            .net
-            .forward(b, self.store.params(), x, &self.time_input(t), None)?;
-        Ok(logits)
+        self.net
+            .forward_inference(b, self.store.params(), x, &self.time_input(t))
     }
 
     /// The pooled features `[N, C]` of `x` at times `t` (the head's input;

@@ -6,6 +6,16 @@
 //! paths are made of. Each `forward` returns its output and a cache of what
 //! its `backward` needs; `backward` accumulates parameter gradients into the
 //! flat gradient buffer and returns the input gradient(s).
+//!
+//! The blocks with a cache run one forward body for two purposes, chosen by a
+//! crate-private `Keep` policy: `KeepAll` moves each activation the backward
+//! pass needs into the cache (`forward`: training, vector-Jacobian
+//! products), `KeepNone` drops it as soon as the forward pass is done with it
+//! (the networks' `forward_inference`: sampling needs the output only). Both
+//! run the same backend ops in the same order, so their outputs are
+//! bit-identical.
+
+use std::fmt::Debug;
 
 use sde_core::{Coef, NoiseKey};
 
@@ -19,6 +29,52 @@ fn residual_scale(skip_rescale: bool) -> f32 {
     } else {
         1.0
     }
+}
+
+/// What a forward pass does with an activation its backward pass would need:
+/// [`KeepAll`] keeps it in the cache, [`KeepNone`] drops it (the cache then
+/// holds `()` in its place, so it cannot reach a backward pass).
+pub(crate) trait Keep<T>: Copy {
+    /// What the cache holds in the activation's place.
+    type Kept: Clone + Debug;
+
+    /// Keeps `t` (moves it into the cache) or drops it.
+    fn keep(self, t: T) -> Self::Kept;
+
+    /// [`Keep::keep`] for an activation the caller still owns (a cheap
+    /// handle clone when kept, nothing when dropped).
+    fn keep_ref(self, t: &T) -> Self::Kept;
+}
+
+/// Keeps every activation the backward pass needs (the cached forward).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KeepAll;
+
+/// Keeps nothing: each activation is dropped as soon as the forward pass is
+/// done with it (the inference forward).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KeepNone;
+
+impl<T: Clone + Debug> Keep<T> for KeepAll {
+    type Kept = T;
+
+    fn keep(self, t: T) -> T {
+        t
+    }
+
+    fn keep_ref(self, t: &T) -> T {
+        t.clone()
+    }
+}
+
+impl<T> Keep<T> for KeepNone {
+    type Kept = ();
+
+    fn keep(self, t: T) {
+        drop(t);
+    }
+
+    fn keep_ref(self, _: &T) {}
 }
 
 /// A 2-D convolution with bias.
@@ -282,18 +338,37 @@ impl ResBlock {
         temb: &B::Tensor,
         key: Option<NoiseKey>,
     ) -> Result<(B::Tensor, ResBlockCache<B::Tensor>)> {
+        self.forward_with(b, p, x, temb, key, KeepAll)
+    }
+
+    /// [`ResBlock::forward`] with the cache policy `keep`: each activation
+    /// is handed to `keep` right after its last use in the forward pass.
+    pub(crate) fn forward_with<B: NetBackend, K: Keep<B::Tensor>>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        temb: &B::Tensor,
+        key: Option<NoiseKey>,
+        keep: K,
+    ) -> Result<(B::Tensor, ResBlockCache<K::Kept>)> {
         let s1 = self.gn1.forward_silu(b, p, x)?;
         let c1 = self.conv1.forward(b, p, &s1)?;
+        let s1 = keep.keep(s1);
         let silu_temb = b.silu(temb)?;
         let tproj = self.temb.forward(b, p, &silu_temb)?;
+        let silu_temb = keep.keep(silu_temb);
         let h1 = b.add_channel_bias(&c1, &tproj)?;
+        drop((c1, tproj));
         let s2 = self.gn2.forward_silu(b, p, &h1)?;
+        let h1 = keep.keep(h1);
         let key = key.filter(|_| self.dropout > 0.0);
         let d2 = match key {
             Some(k) => b.dropout(&s2, self.dropout, k)?,
             None => s2,
         };
         let h2 = self.conv2.forward(b, p, &d2)?;
+        let d2 = keep.keep(d2);
         let skip = match &self.skip {
             Some(c) => c.forward(b, p, x)?,
             None => x.clone(),
@@ -303,7 +378,7 @@ impl ResBlock {
         Ok((
             out,
             ResBlockCache {
-                x: x.clone(),
+                x: keep.keep_ref(x),
                 s1,
                 silu_temb,
                 h1,
@@ -392,22 +467,37 @@ impl AttnBlock {
         p: &B::Tensor,
         x: &B::Tensor,
     ) -> Result<(B::Tensor, AttnCache<B::Tensor>)> {
+        self.forward_with(b, p, x, KeepAll)
+    }
+
+    /// [`AttnBlock::forward`] with the cache policy `keep`.
+    pub(crate) fn forward_with<B: NetBackend, K: Keep<B::Tensor>>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        keep: K,
+    ) -> Result<(B::Tensor, AttnCache<K::Kept>)> {
         let dims = b.shape(x).dims().to_vec();
         let (h, w) = (dims[2], dims[3]);
         let n = self.gn.forward(b, p, x)?;
         let tokens = b.image_to_tokens(&n)?;
+        drop(n);
         let q = self.q.forward(b, p, &tokens)?;
         let k = self.k.forward(b, p, &tokens)?;
         let v = self.v.forward(b, p, &tokens)?;
+        let tokens = keep.keep(tokens);
         let a = b.attention(&q, &k, &v)?;
+        let (q, k, v) = (keep.keep(q), keep.keep(k), keep.keep(v));
         let o = self.out.forward(b, p, &a)?;
+        let a = keep.keep(a);
         let o = b.tokens_to_image(&o, h, w)?;
         let r = residual_scale(self.skip_rescale);
         let y = b.lincomb(&[(Coef::Scalar(r), x), (Coef::Scalar(r), &o)])?;
         Ok((
             y,
             AttnCache {
-                x: x.clone(),
+                x: keep.keep_ref(x),
                 tokens,
                 q,
                 k,
@@ -500,20 +590,28 @@ impl ResAttn {
         temb: &B::Tensor,
         key: Option<NoiseKey>,
     ) -> Result<(B::Tensor, ResAttnCache<B::Tensor>)> {
-        let (y, res) = self.res.forward(b, p, x, temb, key)?;
-        match &self.attn {
+        self.forward_with(b, p, x, temb, key, KeepAll)
+    }
+
+    /// [`ResAttn::forward`] with the cache policy `keep`.
+    pub(crate) fn forward_with<B: NetBackend, K: Keep<B::Tensor>>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        temb: &B::Tensor,
+        key: Option<NoiseKey>,
+        keep: K,
+    ) -> Result<(B::Tensor, ResAttnCache<K::Kept>)> {
+        let (y, res) = self.res.forward_with(b, p, x, temb, key, keep)?;
+        let (y, attn) = match &self.attn {
             Some(a) => {
-                let (y, ac) = a.forward(b, p, &y)?;
-                Ok((
-                    y,
-                    ResAttnCache {
-                        res,
-                        attn: Some(ac),
-                    },
-                ))
+                let (y, ac) = a.forward_with(b, p, &y, keep)?;
+                (y, Some(ac))
             }
-            None => Ok((y, ResAttnCache { res, attn: None })),
-        }
+            None => (y, None),
+        };
+        Ok((y, ResAttnCache { res, attn }))
     }
 
     /// Backward pass: returns `(dx, dtemb)`. A cache from a unit with a

@@ -20,7 +20,8 @@
 //!   [`Classifier::log_prob_and_input_grad`]; [`classifier_model`]:
 //!   [`ClassifierModel`], the classifier with its parameters and SDE;
 //! - [`network`]: the [`Network`] trait every trainable network implements
-//!   (stored description, cached forward, explicit backward);
+//!   (stored description, cached forward, explicit backward, and an
+//!   inference forward that keeps no cache);
 //! - [`checkpoint`]: `safetensors` checkpoints of any [`Network`], with the
 //!   configuration embedded, over a model-agnostic container;
 //! - [`gpu`]: the wgpu backend ([`gpu::WgpuBackend`], WGSL kernels from

@@ -6,8 +6,9 @@
 //! A network is a layer structure rebuilt deterministically from a stored
 //! description (its configuration, the image size and a seed), whose
 //! parameters live in a flat [`crate::ParamStore`], with a forward pass that
-//! returns a cache and an explicit backward pass that accumulates parameter
-//! gradients and returns the input gradient.
+//! returns a cache, an explicit backward pass that accumulates parameter
+//! gradients and returns the input gradient, and an inference forward that
+//! returns the output alone.
 
 use std::fmt::Debug;
 
@@ -64,6 +65,20 @@ pub trait Network: Clone + Debug + Send + Sync + Sized + 'static {
         time_input: &[f64],
         dropout_key: Option<NoiseKey>,
     ) -> Result<Forward<B, Self>>;
+
+    /// The output of [`Network::forward`] without dropout, for callers that
+    /// need no gradient. The default runs the cached forward and drops the
+    /// cache; networks override it with a forward that keeps no cache
+    /// (bit-identical output, lower peak memory).
+    fn forward_inference<B: NetBackend>(
+        &self,
+        b: &B,
+        params: &B::Tensor,
+        x: &B::Tensor,
+        time_input: &[f64],
+    ) -> Result<B::Tensor> {
+        Ok(self.forward(b, params, x, time_input, None)?.0)
+    }
 
     /// Backward pass from `dy` (the gradient of a loss with respect to the
     /// output): accumulates parameter gradients into `grads` and returns the

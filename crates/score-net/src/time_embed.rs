@@ -186,3 +186,15 @@ impl TimeEmbed {
         Ok(())
     }
 }
+
+impl<T> TimeEmbedCache<T> {
+    /// The cache with `f` applied to each tensor (the inference forward
+    /// maps it to `()`, dropping the tensors).
+    pub(crate) fn map<U>(self, mut f: impl FnMut(T) -> U) -> TimeEmbedCache<U> {
+        TimeEmbedCache {
+            emb: f(self.emb),
+            t0: f(self.t0),
+            st0: f(self.st0),
+        }
+    }
+}

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::NetError;
 use crate::layers::{
-    AttnBlock, AttnCache, Conv, GroupNorm, ResAttn, ResAttnCache, ResBlock, ResBlockCache,
+    AttnBlock, AttnCache, Conv, GroupNorm, Keep, KeepAll, KeepNone, ResAttn, ResAttnCache,
+    ResBlock, ResBlockCache,
 };
 use crate::network::Network;
 use crate::params::ParamBuilder;
@@ -353,6 +354,7 @@ impl Unet {
 
     /// Forward pass on `x [N, C, H, W]` with the per-sample network time input
     /// (see [`crate::UnetScore`]); `dropout_key` enables dropout (training).
+    /// Returns the output and the cache for [`Unet::backward`].
     pub fn forward<B: NetBackend>(
         &self,
         b: &B,
@@ -361,6 +363,34 @@ impl Unet {
         time_input: &[f64],
         dropout_key: Option<NoiseKey>,
     ) -> Result<(B::Tensor, UnetCache<B::Tensor>)> {
+        self.forward_with(b, p, x, time_input, dropout_key, KeepAll)
+    }
+
+    /// The output of [`Unet::forward`] without dropout, bit for bit, with no
+    /// cache: every activation is dropped as soon as the forward pass is done
+    /// with it (only the skip connections the up path still needs stay
+    /// alive), so memory peaks at a fraction of the cached forward's. For
+    /// sampling and anything else that needs no gradient.
+    pub fn forward_inference<B: NetBackend>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        time_input: &[f64],
+    ) -> Result<B::Tensor> {
+        Ok(self.forward_with(b, p, x, time_input, None, KeepNone)?.0)
+    }
+
+    /// The forward pass with the cache policy `keep` (see [`crate::layers`]).
+    fn forward_with<B: NetBackend, K: Keep<B::Tensor>>(
+        &self,
+        b: &B,
+        p: &B::Tensor,
+        x: &B::Tensor,
+        time_input: &[f64],
+        dropout_key: Option<NoiseKey>,
+        keep: K,
+    ) -> Result<(B::Tensor, UnetCache<K::Kept>)> {
         let shape = b.shape(x).clone();
         self.cfg.check_input(&shape)?;
         if time_input.len() != shape.batch() {
@@ -374,6 +404,7 @@ impl Unet {
             });
         }
         let (temb, tcache) = self.temb.forward(b, p, time_input)?;
+        let tcache = tcache.map(|t| keep.keep(t));
         // Each block gets its own dropout stream.
         let mut block = 0u64;
         let mut next_key = || {
@@ -382,12 +413,14 @@ impl Unet {
                 .map(|k| NoiseKey::new(k.seed, k.stream.wrapping_mul(1024).wrapping_add(block)))
         };
         let mut h = self.conv_in.forward(b, p, x)?;
+        // The skip connections: the input of the first item and each down-path
+        // item's output (handles shared with `h`, not copies).
         let mut hs = vec![h.clone()];
         let mut down = Vec::with_capacity(self.down.len());
         for item in &self.down {
             match item {
                 DownItem::Res(unit) => {
-                    let (y, uc) = unit.forward(b, p, &h, &temb, next_key())?;
+                    let (y, uc) = unit.forward_with(b, p, &h, &temb, next_key(), keep)?;
                     down.push(ItemCache::Res(Box::new(uc), 0, 0));
                     h = y;
                 }
@@ -396,16 +429,16 @@ impl Unet {
                         Some(c) => c.forward(b, p, &h)?,
                         None => b.avg_pool2x(&h)?,
                     };
-                    down.push(ItemCache::Resample(h));
-                    h = y;
+                    let x_in = std::mem::replace(&mut h, y);
+                    down.push(ItemCache::Resample(keep.keep(x_in)));
                 }
             }
             hs.push(h.clone());
         }
         let n_skips = hs.len();
-        let (y, m0) = self.mid.0.forward(b, p, &h, &temb, next_key())?;
-        let (y, ma) = self.mid.1.forward(b, p, &y)?;
-        let (y, m1) = self.mid.2.forward(b, p, &y, &temb, next_key())?;
+        let (y, m0) = self.mid.0.forward_with(b, p, &h, &temb, next_key(), keep)?;
+        let (y, ma) = self.mid.1.forward_with(b, p, &y, keep)?;
+        let (y, m1) = self.mid.2.forward_with(b, p, &y, &temb, next_key(), keep)?;
         h = y;
         let mut up = Vec::with_capacity(self.up.len());
         for item in &self.up {
@@ -418,35 +451,39 @@ impl Unet {
                     })?;
                     let skip_c = b.shape(&skip).dims()[1];
                     let cat = b.concat_channels(&h, &skip)?;
-                    let (y, uc) = unit.forward(b, p, &cat, &temb, next_key())?;
+                    // Neither is needed again (the concatenation is a copy).
+                    drop((h, skip));
+                    let (y, uc) = unit.forward_with(b, p, &cat, &temb, next_key(), keep)?;
                     up.push(ItemCache::Res(Box::new(uc), idx, skip_c));
                     h = y;
                 }
                 UpItem::Up(conv) => {
                     let u = b.upsample_nearest2x(&h)?;
+                    drop(h);
                     let y = match conv {
                         Some(c) => c.forward(b, p, &u)?,
                         None => u.clone(),
                     };
-                    up.push(ItemCache::Resample(u));
+                    up.push(ItemCache::Resample(keep.keep(u)));
                     h = y;
                 }
             }
         }
         let out_s = self.gn_out.forward_silu(b, p, &h)?;
+        let out_in = keep.keep(h);
         let out = self.conv_out.forward(b, p, &out_s)?;
         Ok((
             out,
             UnetCache {
                 tcache,
-                temb,
-                x: x.clone(),
+                temb: keep.keep(temb),
+                x: keep.keep_ref(x),
                 down,
                 mid: Box::new((m0, ma, m1)),
                 up,
                 n_skips,
-                out_in: h,
-                out_s,
+                out_in,
+                out_s: keep.keep(out_s),
             },
         ))
     }
@@ -565,6 +602,16 @@ impl Network for Unet {
         dropout_key: Option<NoiseKey>,
     ) -> Result<(B::Tensor, UnetCache<B::Tensor>)> {
         Unet::forward(self, b, params, x, time_input, dropout_key)
+    }
+
+    fn forward_inference<B: NetBackend>(
+        &self,
+        b: &B,
+        params: &B::Tensor,
+        x: &B::Tensor,
+        time_input: &[f64],
+    ) -> Result<B::Tensor> {
+        Unet::forward_inference(self, b, params, x, time_input)
     }
 
     fn backward<B: NetBackend>(

@@ -65,10 +65,38 @@ impl<B: NetBackend, S: Sde> UnetScore<B, S> {
         t: &[f64],
         dropout_key: Option<NoiseKey>,
     ) -> Result<(B::Tensor, UnetCache<B::Tensor>)> {
-        sde_core::SdeExt::check_times(&self.sde, t, b.shape(x).batch())?;
-        let (out, cache) =
+        self.score_from(b, x, t, |time_input| {
             self.net
-                .forward(b, self.store.params(), x, &self.time_input(t), dropout_key)?;
+                .forward(b, self.store.params(), x, time_input, dropout_key)
+        })
+    }
+
+    /// The score without dropout and without a cache (the network's
+    /// [`Unet::forward_inference`]): bit for bit the score of
+    /// [`UnetScore::score_with_cache`] with no dropout key, at a fraction of
+    /// its peak memory. What [`ScoreModel::score`] (sampling) runs.
+    pub fn score_inference(&self, b: &B, x: &B::Tensor, t: &[f64]) -> Result<B::Tensor> {
+        let (score, ()) = self.score_from(b, x, t, |time_input| {
+            let out = self
+                .net
+                .forward_inference(b, self.store.params(), x, time_input)?;
+            Ok((out, ()))
+        })?;
+        Ok(score)
+    }
+
+    /// Checks the times, runs `forward` (the network on the time inputs,
+    /// returning its output and anything else) and scales the output into
+    /// the score.
+    fn score_from<C>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        t: &[f64],
+        forward: impl FnOnce(&[f64]) -> Result<(B::Tensor, C)>,
+    ) -> Result<(B::Tensor, C)> {
+        sde_core::SdeExt::check_times(&self.sde, t, b.shape(x).batch())?;
+        let (out, cache) = forward(&self.time_input(t))?;
         let c = self.output_scale(t);
         Ok((b.scale(&out, Coef::PerSample(&c))?, cache))
     }
@@ -93,7 +121,7 @@ impl<B: NetBackend, S: Sde> UnetScore<B, S> {
 
 impl<B: NetBackend, S: Sde> ScoreModel<B> for UnetScore<B, S> {
     fn score(&self, b: &B, x: &B::Tensor, t: &[f64]) -> sde_core::Result<B::Tensor> {
-        Ok(self.score_with_cache(b, x, t, None)?.0)
+        Ok(self.score_inference(b, x, t)?)
     }
 
     /// No per-sample state; the layers treat samples separately (group norm
