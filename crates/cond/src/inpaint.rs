@@ -261,13 +261,7 @@ where
             t: tk,
             nfe,
         };
-        if hooks.on_step(&info).is_break() {
-            return Err(SolverError::Interrupted {
-                step: k + 1,
-                total: Some(total),
-            }
-            .into());
-        }
+        solvers::hooks::report_step(&mut hooks, info)?;
     }
     let samples = if cfg.denoise { state.x_mean } else { state.x };
     b.check_finite(&samples, "samples").map_err(|_| {

@@ -5,6 +5,7 @@ use sde_core::Sde;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ensure, Result};
+use crate::fixed::FixedStepConfig;
 
 /// The predictor of a predictor–corrector sampler (SPEC.md section 5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

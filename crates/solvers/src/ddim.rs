@@ -12,11 +12,10 @@
 use sde_core::{Backend, NoiseRng, ScoreModel, Sde};
 use serde::{Deserialize, Serialize};
 
-use crate::config::resolve_eps;
 use crate::error::{ensure, Result};
-use crate::fixed::{add_noise, combine, kernel, run_grid, score_at, GridStep};
+use crate::fixed::{add_noise, combine, kernel, score_at, FixedStepConfig, GridStep};
 use crate::grid::TimeGrid;
-use crate::hooks::{SampleOutput, SamplerHooks, Update};
+use crate::hooks::Update;
 
 /// DDIM settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,52 +45,31 @@ impl Default for DdimConfig {
     }
 }
 
-impl DdimConfig {
-    /// Checks the settings against `sde`.
-    pub fn validate<S: Sde + ?Sized>(&self, sde: &S) -> Result<()> {
+impl FixedStepConfig for DdimConfig {
+    type Step<B: Backend> = DdimStep;
+
+    fn grid(&self) -> TimeGrid {
+        self.grid
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn eps(&self) -> Option<f64> {
+        self.eps
+    }
+    fn denoise(&self) -> bool {
+        self.denoise
+    }
+    fn check(&self) -> Result<()> {
         ensure(
             self.eta.is_finite() && (0.0..=1.0).contains(&self.eta),
             "eta",
             self.eta,
             "must lie in [0, 1]",
-        )?;
-        self.grid
-            .times(sde, self.steps, resolve_eps(sde, self.eps)?)
-            .map(|_| ())
-    }
-
-    /// DDIM sampling from the state `x` at `T`.
-    pub fn sample_from<B, S, M, H>(
-        &self,
-        b: &B,
-        sde: &S,
-        model: &M,
-        x: B::Tensor,
-        rng: &mut NoiseRng,
-        hooks: &mut H,
-    ) -> Result<SampleOutput<B::Tensor>>
-    where
-        B: Backend,
-        S: Sde + ?Sized,
-        M: ScoreModel<B> + ?Sized,
-        H: SamplerHooks<B> + ?Sized,
-    {
-        self.validate(sde)?;
-        let times = self
-            .grid
-            .times(sde, self.steps, resolve_eps(sde, self.eps)?)?;
-        let mut stepper = DdimStep { eta: self.eta };
-        run_grid(
-            b,
-            sde,
-            model,
-            x,
-            &times,
-            &mut stepper,
-            self.denoise,
-            rng,
-            hooks,
         )
+    }
+    fn stepper<B: Backend>(&self) -> Self::Step<B> {
+        DdimStep { eta: self.eta }
     }
 }
 

@@ -16,11 +16,10 @@
 use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde};
 use serde::{Deserialize, Serialize};
 
-use crate::config::resolve_eps;
 use crate::error::Result;
-use crate::fixed::{combine, kernel, run_grid, score_at, GridStep};
+use crate::fixed::{combine, kernel, score_at, FixedStepConfig, GridStep};
 use crate::grid::TimeGrid;
-use crate::hooks::{SampleOutput, SamplerHooks, Update};
+use crate::hooks::Update;
 
 /// DPM-Solver++(2M) settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,40 +47,25 @@ impl Default for DpmSolverConfig {
     }
 }
 
-impl DpmSolverConfig {
-    /// Checks the settings against `sde`.
-    pub fn validate<S: Sde + ?Sized>(&self, sde: &S) -> Result<()> {
-        self.grid
-            .times(sde, self.steps, resolve_eps(sde, self.eps)?)
-            .map(|_| ())
-    }
+impl FixedStepConfig for DpmSolverConfig {
+    type Step<B: Backend> = DpmSolverStep<B::Tensor>;
 
-    /// DPM-Solver++(2M) sampling from the state `x` at `T`.
-    pub fn sample_from<B, S, M, H>(
-        &self,
-        b: &B,
-        sde: &S,
-        model: &M,
-        x: B::Tensor,
-        rng: &mut NoiseRng,
-        hooks: &mut H,
-    ) -> Result<SampleOutput<B::Tensor>>
-    where
-        B: Backend,
-        S: Sde + ?Sized,
-        M: ScoreModel<B> + ?Sized,
-        H: SamplerHooks<B> + ?Sized,
-    {
-        let times = self
-            .grid
-            .times(sde, self.steps, resolve_eps(sde, self.eps)?)?;
-        let mut stepper = DpmSolverStep::<B::Tensor> {
+    fn grid(&self) -> TimeGrid {
+        self.grid
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn eps(&self) -> Option<f64> {
+        self.eps
+    }
+    fn stepper<B: Backend>(&self) -> Self::Step<B> {
+        DpmSolverStep {
             steps: self.steps,
             lower_order_final: self.lower_order_final,
             done: 0,
             prev: None,
-        };
-        run_grid(b, sde, model, x, &times, &mut stepper, false, rng, hooks)
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! The loop shared by the fixed-step samplers (DDIM, DPM-Solver++, Heun, the
 //! generalised reverse SDE): walk a [`TimeGrid`](crate::TimeGrid) from `T` to
 //! `eps`, one [`GridStep`] per interval, calling the [`SamplerHooks`] after
-//! every step. A new fixed-step sampler is one file: a config, a stepper
-//! implementing [`GridStep`], and a `sample_from` that hands both to
-//! [`run_grid`].
+//! every step. A new fixed-step sampler is one file: a config implementing
+//! [`FixedStepConfig`] (grid, steps, end time, its own checks) and a stepper
+//! implementing [`GridStep`]; the trait validates and runs it.
 //!
 //! The steppers are written with the perturbation kernel `x_t = m(t) x_0 +
 //! s(t) z` of the SDE ([`Sde::marginal`]), so they work for every schedule:
@@ -12,8 +12,10 @@
 
 use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde};
 
+use crate::config::resolve_eps;
 use crate::error::{Result, SolverError};
-use crate::hooks::{SampleOutput, SamplerHooks, StepInfo, Update};
+use crate::grid::TimeGrid;
+use crate::hooks::{report_step, SampleOutput, SamplerHooks, StepInfo, Update};
 
 /// One step of a fixed-step sampler, from time `t` to `t_next < t` (the same
 /// times for every sample). Steppers may keep state across the steps of one
@@ -74,12 +76,7 @@ where
             t: t_next,
             nfe,
         };
-        if hooks.on_step(&info).is_break() {
-            return Err(SolverError::Interrupted {
-                step: k + 1,
-                total: Some(total),
-            });
-        }
+        report_step(hooks, info)?;
     }
     let samples = if denoise { state.x_mean } else { state.x };
     let t_end = times.last().copied().unwrap_or(0.0);
@@ -147,4 +144,72 @@ pub(crate) fn add_noise<B: Backend>(
     let z = b.gaussian(b.shape(&mean), rng.next_key())?;
     let x = b.lincomb(&[(Coef::Scalar(1.0), &mean), (Coef::Scalar(std as f32), &z)])?;
     Ok(Update { x, x_mean: mean })
+}
+
+/// A fixed-step sampler's configuration: its grid, step count and end time,
+/// and how to make one run's stepper. The provided methods validate it
+/// against an SDE and run it, so each sampler states only what differs.
+pub trait FixedStepConfig {
+    /// The stepper of one run on backend `B`.
+    type Step<B: Backend>: GridStep<B>;
+
+    /// Where the steps go.
+    fn grid(&self) -> TimeGrid;
+    /// How many steps.
+    fn steps(&self) -> usize;
+    /// The end time (`None`: the SDE's default).
+    fn eps(&self) -> Option<f64>;
+    /// Return the last step's noise-free mean.
+    fn denoise(&self) -> bool {
+        false
+    }
+    /// Checks the sampler's own settings (the grid is checked by [`Self::times`]).
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+    /// A fresh stepper for one run.
+    fn stepper<B: Backend>(&self) -> Self::Step<B>;
+
+    /// Checks the settings and returns the run's times on `sde`.
+    fn times<S: Sde + ?Sized>(&self, sde: &S) -> Result<Vec<f64>> {
+        self.check()?;
+        self.grid()
+            .times(sde, self.steps(), resolve_eps(sde, self.eps())?)
+    }
+
+    /// Checks the settings against `sde`.
+    fn validate<S: Sde + ?Sized>(&self, sde: &S) -> Result<()> {
+        self.times(sde).map(|_| ())
+    }
+
+    /// Runs the sampler from the state `x` at `T`.
+    fn sample_from<B, S, M, H>(
+        &self,
+        b: &B,
+        sde: &S,
+        model: &M,
+        x: B::Tensor,
+        rng: &mut NoiseRng,
+        hooks: &mut H,
+    ) -> Result<SampleOutput<B::Tensor>>
+    where
+        B: Backend,
+        S: Sde + ?Sized,
+        M: ScoreModel<B> + ?Sized,
+        H: SamplerHooks<B> + ?Sized,
+    {
+        let times = self.times(sde)?;
+        let mut stepper = self.stepper::<B>();
+        run_grid(
+            b,
+            sde,
+            model,
+            x,
+            &times,
+            &mut stepper,
+            self.denoise(),
+            rng,
+            hooks,
+        )
+    }
 }

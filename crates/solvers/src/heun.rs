@@ -16,11 +16,10 @@
 use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde};
 use serde::{Deserialize, Serialize};
 
-use crate::config::resolve_eps;
 use crate::error::Result;
-use crate::fixed::{combine, kernel, run_grid, score_at, GridStep};
+use crate::fixed::{combine, kernel, score_at, FixedStepConfig, GridStep};
 use crate::grid::TimeGrid;
-use crate::hooks::{SampleOutput, SamplerHooks, Update};
+use crate::hooks::Update;
 
 /// Settings of Heun's method.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,34 +43,20 @@ impl Default for HeunConfig {
     }
 }
 
-impl HeunConfig {
-    /// Checks the settings against `sde`.
-    pub fn validate<S: Sde + ?Sized>(&self, sde: &S) -> Result<()> {
-        self.grid
-            .times(sde, self.steps, resolve_eps(sde, self.eps)?)
-            .map(|_| ())
-    }
+impl FixedStepConfig for HeunConfig {
+    type Step<B: Backend> = HeunStep;
 
-    /// Sampling with Heun's method from the state `x` at `T`.
-    pub fn sample_from<B, S, M, H>(
-        &self,
-        b: &B,
-        sde: &S,
-        model: &M,
-        x: B::Tensor,
-        rng: &mut NoiseRng,
-        hooks: &mut H,
-    ) -> Result<SampleOutput<B::Tensor>>
-    where
-        B: Backend,
-        S: Sde + ?Sized,
-        M: ScoreModel<B> + ?Sized,
-        H: SamplerHooks<B> + ?Sized,
-    {
-        let times = self
-            .grid
-            .times(sde, self.steps, resolve_eps(sde, self.eps)?)?;
-        run_grid(b, sde, model, x, &times, &mut HeunStep, false, rng, hooks)
+    fn grid(&self) -> TimeGrid {
+        self.grid
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn eps(&self) -> Option<f64> {
+        self.eps
+    }
+    fn stepper<B: Backend>(&self) -> Self::Step<B> {
+        HeunStep
     }
 }
 

@@ -104,6 +104,24 @@ impl<B: Backend, H: SamplerHooks<B> + ?Sized> SamplerHooks<B> for &mut H {
     }
 }
 
+/// Reports a finished step to `hooks`; a `Break` becomes
+/// [`SolverError::Interrupted`](crate::SolverError::Interrupted). Every
+/// sampler's loop ends its step with this.
+pub fn report_step<B, H>(hooks: &mut H, info: StepInfo) -> Result<()>
+where
+    B: Backend,
+    H: SamplerHooks<B> + ?Sized,
+{
+    if hooks.on_step(&info).is_break() {
+        Err(crate::SolverError::Interrupted {
+            step: info.step,
+            total: info.total,
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// Progress reporting through a closure: `Progress(|info| bar.set_position(..))`.
 pub struct Progress<F>(pub F);
 

@@ -63,7 +63,7 @@ pub use config::{
 pub use ddim::DdimConfig;
 pub use dpm_solver::DpmSolverConfig;
 pub use error::{Result, SolverError};
-pub use fixed::{run_grid, GridStep};
+pub use fixed::{run_grid, FixedStepConfig, GridStep};
 pub use grid::TimeGrid;
 pub use heun::HeunConfig;
 pub use hooks::{Progress, SampleOutput, SamplerHooks, StepInfo, Update};

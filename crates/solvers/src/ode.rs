@@ -27,7 +27,7 @@ use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
 
 use crate::config::{resolve_eps, OdeConfig, StepControl, StepScope};
 use crate::error::{Result, SolverError};
-use crate::hooks::{SampleOutput, SamplerHooks, StepInfo, Update};
+use crate::hooks::{report_step, SampleOutput, SamplerHooks, StepInfo, Update};
 
 /// Nodes `c_i` of the Dormand–Prince tableau.
 const C: [f64; 7] = [0.0, 1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0];
@@ -521,12 +521,7 @@ where
             t: least_advanced(&t, &done, t1, dir),
             nfe,
         };
-        if hooks.on_step(&info).is_break() {
-            return Err(SolverError::Interrupted {
-                step: steps,
-                total: None,
-            });
-        }
+        report_step(hooks, info)?;
     }
     let x = merged(b, &x_full, &idx, &x)?;
     scatter_aux(&mut aux_full, &idx, &aux, m);

@@ -13,7 +13,7 @@ use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
 
 use crate::config::{resolve_eps, CorrectorKind, NormMode, PcConfig, PredictorKind};
 use crate::error::{Result, SolverError};
-use crate::hooks::{SampleOutput, SamplerHooks, StepInfo, Update};
+use crate::hooks::{report_step, SampleOutput, SamplerHooks, StepInfo, Update};
 
 fn time_vec(t: f64, batch: usize) -> Vec<f64> {
     vec![t; batch]
@@ -336,12 +336,7 @@ where
             t: tk,
             nfe,
         };
-        if hooks.on_step(&info).is_break() {
-            return Err(SolverError::Interrupted {
-                step: k + 1,
-                total: Some(total),
-            });
-        }
+        report_step(hooks, info)?;
     }
     let samples = if cfg.denoise { state.x_mean } else { state.x };
     b.check_finite(&samples, "samples")

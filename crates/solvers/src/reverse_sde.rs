@@ -12,11 +12,10 @@
 use sde_core::{Backend, NoiseRng, ScoreModel, Sde};
 use serde::{Deserialize, Serialize};
 
-use crate::config::resolve_eps;
 use crate::error::{ensure, Result};
-use crate::fixed::{add_noise, combine, run_grid, score_at, GridStep};
+use crate::fixed::{add_noise, combine, score_at, FixedStepConfig, GridStep};
 use crate::grid::TimeGrid;
-use crate::hooks::{SampleOutput, SamplerHooks, Update};
+use crate::hooks::Update;
 
 /// Settings of the generalised reverse SDE.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,54 +45,33 @@ impl Default for ReverseSdeConfig {
     }
 }
 
-impl ReverseSdeConfig {
-    /// Checks the settings against `sde`.
-    pub fn validate<S: Sde + ?Sized>(&self, sde: &S) -> Result<()> {
+impl FixedStepConfig for ReverseSdeConfig {
+    type Step<B: Backend> = ReverseSdeStep;
+
+    fn grid(&self) -> TimeGrid {
+        self.grid
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn eps(&self) -> Option<f64> {
+        self.eps
+    }
+    fn denoise(&self) -> bool {
+        self.denoise
+    }
+    fn check(&self) -> Result<()> {
         ensure(
             self.stochasticity.is_finite() && self.stochasticity >= 0.0,
             "stochasticity",
             self.stochasticity,
             "must be finite and >= 0",
-        )?;
-        self.grid
-            .times(sde, self.steps, resolve_eps(sde, self.eps)?)
-            .map(|_| ())
-    }
-
-    /// Sampling from the state `x` at `T`.
-    pub fn sample_from<B, S, M, H>(
-        &self,
-        b: &B,
-        sde: &S,
-        model: &M,
-        x: B::Tensor,
-        rng: &mut NoiseRng,
-        hooks: &mut H,
-    ) -> Result<SampleOutput<B::Tensor>>
-    where
-        B: Backend,
-        S: Sde + ?Sized,
-        M: ScoreModel<B> + ?Sized,
-        H: SamplerHooks<B> + ?Sized,
-    {
-        self.validate(sde)?;
-        let times = self
-            .grid
-            .times(sde, self.steps, resolve_eps(sde, self.eps)?)?;
-        let mut stepper = ReverseSdeStep {
-            stochasticity: self.stochasticity,
-        };
-        run_grid(
-            b,
-            sde,
-            model,
-            x,
-            &times,
-            &mut stepper,
-            self.denoise,
-            rng,
-            hooks,
         )
+    }
+    fn stepper<B: Backend>(&self) -> Self::Step<B> {
+        ReverseSdeStep {
+            stochasticity: self.stochasticity,
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use sde_core::{Backend, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
 
 use crate::config::SamplerConfig;
 use crate::error::Result;
+use crate::fixed::FixedStepConfig;
 use crate::hooks::{SampleOutput, SamplerHooks};
 
 /// Draws `shape` samples with the sampler `cfg` names: validates `cfg`
