@@ -81,7 +81,17 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> Result<serde_json::Value> {
     if let Some(s) = ctx.seed {
         cfg.seed = s;
     }
-    let train_json = crate::train_cmd::train_run(ctx, cfg, &run_dir, resume, None)?;
+    let done = if resume {
+        train::TrainingCheckpoint::load(&run_dir)?.state.step >= cfg.training.steps
+    } else {
+        false
+    };
+    let train_json = if done {
+        ctx.note("the demo run has finished training; sampling and evaluating it");
+        json!({"command": "train", "run_dir": run_dir, "skipped": true})
+    } else {
+        crate::train_cmd::train_run(ctx, cfg, &run_dir, resume, None)?
+    };
     if train_json["interrupted"].as_bool() == Some(true) {
         return Ok(json!({"command": "demo", "train": train_json, "interrupted": true}));
     }

@@ -17,8 +17,8 @@ use score_net::NetBackend;
 use serde_json::json;
 use train::data::DatasetName;
 use train::{
-    ClassifierRunConfig, ClassifierTask, LogEntry, RunConfig, StepReport, Task, TrainConfig,
-    TrainLoop, TrainObserver,
+    ClassifierRunConfig, ClassifierTask, LogEntry, RunConfig, ScoreTask, StepReport, Task,
+    TrainConfig, TrainLoop, TrainObserver,
 };
 
 use crate::common::{interrupted, with_backend, Ctx};
@@ -72,6 +72,109 @@ pub fn read_config<C: serde::de::DeserializeOwned>(path: &Path) -> Result<C> {
 }
 
 impl TrainArgs {
+    /// The configuration of the run to train: for a new run, the `--config`
+    /// file (or the defaults) with the flags applied; for `--resume`, the
+    /// configuration stored in the run's checkpoint, with a new target
+    /// (`--steps`, else the run's own) and logging / checkpoint intervals,
+    /// and an error for any flag or `--config` that would change how the run
+    /// trains (data set, network, SDE, loss, optimiser, batch size, seed).
+    pub fn run_config<T: Task>(
+        &self,
+        ctx: &Ctx,
+        default: impl FnOnce() -> RunConfig<T>,
+    ) -> Result<RunConfig<T>> {
+        if !self.resume {
+            let mut cfg = match &self.config {
+                Some(p) => read_config(p)?,
+                None => default(),
+            };
+            self.apply(&mut cfg, ctx.seed);
+            cfg.validate()?;
+            return Ok(cfg);
+        }
+        let ck_path = self.out.join(train::trainer::CHECKPOINT_FILE);
+        if !ck_path.exists() {
+            bail!("--resume: no checkpoint at {}", ck_path.display());
+        }
+        let ck = train::RunCheckpoint::<T>::load(&ck_path)
+            .with_context(|| format!("loading {}", ck_path.display()))?;
+        let stored = ck.config.clone();
+        let step = ck.state.step;
+        let run = self.out.display();
+        if let Some(p) = &self.config {
+            let file: RunConfig<T> = read_config(p)?;
+            let conflicts = stored.resume_conflicts(&file);
+            if !conflicts.is_empty() {
+                bail!(
+                    "--config {}: differs from the configuration stored in the run in {run} \
+                     ({} differ); a resumed run keeps its own (drop --config, or start a new \
+                     run with another --out)",
+                    p.display(),
+                    conflicts.join(", ")
+                );
+            }
+        }
+        let keep = |flag: &str, given: String, stored: String| -> Result<()> {
+            if given != stored {
+                bail!(
+                    "{flag} {given}: the run in {run} has {stored}, and a resumed run keeps it \
+                     (start a new run with another --out to change it)"
+                );
+            }
+            Ok(())
+        };
+        if let Some(d) = self.dataset {
+            keep("--dataset", d.to_string(), stored.data.dataset.to_string())?;
+        }
+        if let Some(lr) = self.lr {
+            keep("--lr", lr.to_string(), stored.optim.lr.to_string())?;
+        }
+        if let Some(bs) = self.batch_size {
+            keep(
+                "--batch-size",
+                bs.to_string(),
+                stored.training.batch_size.to_string(),
+            )?;
+        }
+        if let Some(seed) = ctx.seed {
+            keep("--seed", seed.to_string(), stored.seed.to_string())?;
+        }
+        let mut cfg = stored;
+        match self.steps {
+            Some(s) if s <= step => bail!(
+                "--steps {s}: the run in {run} is already at step {step}; give a larger target \
+                 to train further"
+            ),
+            Some(s) => cfg.training.steps = s,
+            None if cfg.training.steps <= step => bail!(
+                "the run in {run} already reached its target of {} steps; pass --steps N with \
+                 N > {step} to train further",
+                cfg.training.steps
+            ),
+            None => {}
+        }
+        if let Some(l) = self.log_every {
+            ctx.note(format!(
+                "logging every {l} steps (the run logged every {})",
+                cfg.training.log_every
+            ));
+            cfg.training.log_every = l;
+        }
+        if let Some(c) = self.checkpoint_every {
+            ctx.note(format!(
+                "a checkpoint every {c} steps (the run wrote one every {})",
+                cfg.training.checkpoint_every
+            ));
+            cfg.training.checkpoint_every = c;
+        }
+        ctx.note(format!(
+            "resuming the run in {run} at step {step} with the configuration stored in its \
+             checkpoint ({} data), to step {}",
+            cfg.data.dataset, cfg.training.steps
+        ));
+        Ok(cfg)
+    }
+
     fn apply<T: Task>(&self, cfg: &mut RunConfig<T>, seed: Option<u64>) {
         if let Some(s) = self.steps {
             cfg.training.steps = s;
@@ -178,10 +281,27 @@ fn train_on<B: NetBackend, T: Task>(
         if !ck.exists() {
             bail!("--resume: no checkpoint at {}", ck.display());
         }
-        let t = TrainLoop::<B, T>::resume(b, &ck, Some(cfg.training.steps))?;
-        if t.cfg.data != cfg.data || t.cfg.net != cfg.net || t.cfg.sde != cfg.sde {
-            ctx.note("note: resuming with the configuration stored in the checkpoint");
+        let mut t = TrainLoop::<B, T>::resume(b, &ck, Some(cfg.training.steps))?;
+        let conflicts = t.cfg.resume_conflicts(&cfg);
+        if !conflicts.is_empty() {
+            bail!(
+                "the run in {} was trained with another configuration ({} differ); a \
+                 resumed run keeps its own (start a new run with another --out)",
+                out.display(),
+                conflicts.join(", ")
+            );
         }
+        if t.state.step >= cfg.training.steps {
+            bail!(
+                "the run in {} is at step {}; the target of {} steps must be larger to train \
+                 further (--steps)",
+                out.display(),
+                t.state.step,
+                cfg.training.steps
+            );
+        }
+        t.cfg.training.log_every = cfg.training.log_every;
+        t.cfg.training.checkpoint_every = cfg.training.checkpoint_every;
         t
     } else {
         if ck.exists() {
@@ -241,11 +361,7 @@ fn train_on<B: NetBackend, T: Task>(
 
 /// `scoresde train`.
 pub fn run(ctx: &Ctx, args: &TrainArgs) -> Result<serde_json::Value> {
-    let mut cfg = match &args.config {
-        Some(p) => read_config(p)?,
-        None => TrainConfig::default(),
-    };
-    args.apply(&mut cfg, ctx.seed);
+    let cfg = args.run_config::<ScoreTask>(ctx, TrainConfig::default)?;
     train_run(ctx, cfg, &args.out, args.resume, args.data_path.clone())
 }
 
@@ -255,11 +371,7 @@ pub const EVAL_TIMES: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 /// `scoresde train-classifier`: trains, then reports the test accuracy at
 /// [`EVAL_TIMES`] (of the EMA weights, as guidance uses them).
 pub fn run_classifier(ctx: &Ctx, args: &TrainArgs) -> Result<serde_json::Value> {
-    let mut cfg: ClassifierRunConfig = match &args.config {
-        Some(p) => read_config(p)?,
-        None => ClassifierRunConfig::default(),
-    };
-    args.apply(&mut cfg, ctx.seed);
+    let cfg = args.run_config::<ClassifierTask>(ctx, ClassifierRunConfig::default)?;
     let (out, resume, data_path) = (&args.out, args.resume, args.data_path.clone());
     with_backend!(ctx, b => {
         let (mut value, trainer, splits) = train_on(ctx, b, cfg, out, resume, data_path)?;

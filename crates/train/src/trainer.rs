@@ -173,7 +173,48 @@ impl<T: Task> RunConfig<T> {
         ensure_config(t.log_every > 0, "training.log_every", || {
             "must be > 0".into()
         })?;
+        ensure_config(t.steps > 0, "training.steps", || {
+            "must be at least 1 (a run of 0 steps trains nothing)".into()
+        })?;
         Ok(sde)
+    }
+
+    /// The sections in which `other` would train differently from this
+    /// configuration if a run of this one were resumed with it: everything
+    /// but the loop's target, logging and checkpointing intervals (which a
+    /// resumed run may change). The network's recorded conditioning is
+    /// compared as it resolves for the SDE, so a configuration that leaves
+    /// it unset matches a run that recorded the default.
+    pub fn resume_conflicts(&self, other: &Self) -> Vec<&'static str> {
+        let resolve = |c: &Self| {
+            let mut c = c.clone();
+            if let Ok(sde) = c.sde.build() {
+                T::record_sde_choices(&mut c, &sde);
+            }
+            c
+        };
+        let (a, b) = (resolve(self), resolve(other));
+        let mut out = Vec::new();
+        let mut check = |name, same: bool| {
+            if !same {
+                out.push(name);
+            }
+        };
+        check("seed", a.seed == b.seed);
+        check("sde", a.sde == b.sde);
+        check("net", a.net == b.net);
+        check("loss", a.loss == b.loss);
+        check("optim", a.optim == b.optim);
+        check(
+            "training.batch_size",
+            a.training.batch_size == b.training.batch_size,
+        );
+        let (mut da, mut db) = (a.data.clone(), b.data.clone());
+        // Where the data live may change; what they are may not.
+        da.path = None;
+        db.path = None;
+        check("data", da == db);
+        out
     }
 }
 
