@@ -2,12 +2,12 @@
 //! Ctrl-C handling, a score-model wrapper that ticks progress and honours
 //! interruption, and loading a checkpoint's data set.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use score_net::gpu::WgpuBackend;
 use sde_core::CpuBackend;
@@ -173,3 +173,56 @@ macro_rules! with_backend {
     };
 }
 pub(crate) use with_backend;
+
+/// Checks that `path` can be written as an output file, before any work:
+/// not a folder, below a folder that takes a file (the missing folders are
+/// created when writing), and not the run's checkpoint, configuration or log
+/// (`ckpt` is the run directory or the checkpoint file).
+pub fn check_output(path: &Path, ckpt: &Path, flag: &str) -> Result<()> {
+    let shown = path.display();
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{flag} {shown} is not a file name"))?;
+    if path.is_dir() {
+        bail!("{flag} {shown} is a folder; give a file name");
+    }
+    let parent = or_dot(path.parent().unwrap_or(Path::new("")));
+    let existing = parent
+        .ancestors()
+        .map(or_dot)
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("."));
+    if !existing.is_dir() {
+        bail!("{flag} {shown}: {} is not a folder", existing.display());
+    }
+    let run_dir = if ckpt.is_dir() {
+        ckpt
+    } else {
+        or_dot(ckpt.parent().unwrap_or(Path::new("")))
+    };
+    if let (Ok(dir), Ok(run)) = (parent.canonicalize(), run_dir.canonicalize()) {
+        let own = [
+            train::trainer::CHECKPOINT_FILE,
+            train::trainer::CONFIG_FILE,
+            "log.jsonl",
+        ];
+        let is_ckpt = ckpt.canonicalize().is_ok_and(|c| c == dir.join(name));
+        if is_ckpt || (dir == run && own.iter().any(|f| name == *f)) {
+            bail!("{flag} {shown} would overwrite the run's own file; choose another name");
+        }
+    }
+    let probe = existing.join(format!(".scoresde-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .with_context(|| format!("{flag} {shown}: cannot write in {}", existing.display()))?;
+    std::fs::remove_file(&probe).ok();
+    Ok(())
+}
+
+/// An empty relative path (the parent of `a.png`) as `.`.
+fn or_dot(p: &Path) -> &Path {
+    if p.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        p
+    }
+}

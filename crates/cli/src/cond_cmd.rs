@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use cond::colorize::{self, GreyLevels};
 use cond::{Constraint, KnownPixels, Method, NamedMask};
 use score_net::NetBackend;
@@ -133,59 +133,6 @@ pub struct ColorizeArgs {
     pub out: PathBuf,
 }
 
-/// An empty relative path (the parent of `a.png`) as `.`.
-fn or_dot(p: &Path) -> &Path {
-    if p.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        p
-    }
-}
-
-/// Checks that `path` can be written as an output file, before any work:
-/// not a folder, below a folder that takes a file (the missing folders are
-/// created when writing), and not the run's checkpoint, configuration or log
-/// (`ckpt` is the run directory or the checkpoint file).
-pub(crate) fn check_output(path: &Path, ckpt: &Path, flag: &str) -> Result<()> {
-    let shown = path.display();
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{flag} {shown} is not a file name"))?;
-    if path.is_dir() {
-        bail!("{flag} {shown} is a folder; give a file name");
-    }
-    let parent = or_dot(path.parent().unwrap_or(Path::new("")));
-    let existing = parent
-        .ancestors()
-        .map(or_dot)
-        .find(|a| a.exists())
-        .unwrap_or(Path::new("."));
-    if !existing.is_dir() {
-        bail!("{flag} {shown}: {} is not a folder", existing.display());
-    }
-    let run_dir = if ckpt.is_dir() {
-        ckpt
-    } else {
-        or_dot(ckpt.parent().unwrap_or(Path::new("")))
-    };
-    if let (Ok(dir), Ok(run)) = (parent.canonicalize(), run_dir.canonicalize()) {
-        let own = [
-            train::trainer::CHECKPOINT_FILE,
-            train::trainer::CONFIG_FILE,
-            "log.jsonl",
-        ];
-        let is_ckpt = ckpt.canonicalize().is_ok_and(|c| c == dir.join(name));
-        if is_ckpt || (dir == run && own.iter().any(|f| name == *f)) {
-            bail!("{flag} {shown} would overwrite the run's own file; choose another name");
-        }
-    }
-    let probe = existing.join(format!(".scoresde-probe-{}", std::process::id()));
-    std::fs::File::create(&probe)
-        .with_context(|| format!("{flag} {shown}: cannot write in {}", existing.display()))?;
-    std::fs::remove_file(&probe).ok();
-    Ok(())
-}
-
 impl CondArgs {
     /// Checks what needs no model (inputs given, `--jumps`, output paths)
     /// and returns the method.
@@ -200,9 +147,9 @@ impl CondArgs {
                 jumps: usize::from(j.unwrap_or(8)),
             },
         };
-        check_output(out, &self.model.ckpt, "--out")?;
+        crate::common::check_output(out, &self.model.ckpt, "--out")?;
         if let Some(p) = &self.npy {
-            check_output(p, &self.model.ckpt, "--npy")?;
+            crate::common::check_output(p, &self.model.ckpt, "--npy")?;
         }
         Ok(method)
     }

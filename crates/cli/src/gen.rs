@@ -211,6 +211,10 @@ pub fn sample(ctx: &Ctx, args: &SampleArgs) -> Result<serde_json::Value> {
         bail!("-n must be at least 1");
     }
     let cfg = args.sampler.config(args.model.steps)?;
+    crate::common::check_output(&args.out, &args.model.ckpt, "--out")?;
+    if let Some(p) = &args.npy {
+        crate::common::check_output(p, &args.model.ckpt, "--npy")?;
+    }
     let classes = match &args.class {
         Some(spec) => {
             let classes = crate::guide::parse_classes(spec)?;

@@ -155,6 +155,7 @@ fn flow<B: NetBackend>(
 
 /// `scoresde encode`.
 pub fn encode(ctx: &Ctx, args: &EncodeArgs) -> Result<serde_json::Value> {
+    crate::common::check_output(&args.out, &args.model.ckpt, "--out")?;
     with_backend!(ctx, b => encode_on(ctx, args.model.load(b)?, args))
 }
 
@@ -191,6 +192,7 @@ pub struct DecodeArgs {
 
 /// `scoresde decode`.
 pub fn decode(ctx: &Ctx, args: &DecodeArgs) -> Result<serde_json::Value> {
+    crate::common::check_output(&args.out, &args.model.ckpt, "--out")?;
     with_backend!(ctx, b => decode_on(ctx, args.model.load(b)?, args))
 }
 
@@ -246,6 +248,7 @@ pub fn interpolate(ctx: &Ctx, args: &InterpolateArgs) -> Result<serde_json::Valu
     if args.frames < 2 {
         bail!("--frames must be at least 2");
     }
+    crate::common::check_output(&args.out, &args.model.ckpt, "--out")?;
     with_backend!(ctx, b => interpolate_on(ctx, args.model.load(b)?, args))
 }
 

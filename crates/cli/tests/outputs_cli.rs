@@ -1,0 +1,93 @@
+//! Outputs never replace a run's own files, and bad output locations are
+//! refused before any sampling or solving (issue 15, items 6 and 7).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use support::{json, one_line_error, run, tempdir, tiny_config};
+
+#[test]
+fn outputs_never_replace_the_runs_files_and_are_checked_first() {
+    let dir = tempdir("outputs");
+    let cfg = tiny_config(&dir);
+    let run_dir = dir.join("run");
+    let rd = run_dir.to_str().unwrap();
+    json(&run(&[
+        "train",
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        rd,
+        "--steps",
+        "2",
+    ]));
+    let ck = run_dir.join("checkpoint.safetensors");
+    let before = std::fs::read(&ck).unwrap();
+    let own = |f: &str| run_dir.join(f).to_str().unwrap().to_string();
+    let (ckf, conf, log) = (
+        own("checkpoint.safetensors"),
+        own("config.toml"),
+        own("log.jsonl"),
+    );
+    for args in [
+        vec!["sample", "--ckpt", rd, "-n", "1", "--out", ckf.as_str()],
+        vec![
+            "sample",
+            "--ckpt",
+            ckf.as_str(),
+            "-n",
+            "1",
+            "--out",
+            ckf.as_str(),
+        ],
+        vec!["sample", "--ckpt", rd, "-n", "1", "--npy", conf.as_str()],
+        vec![
+            "encode",
+            "--ckpt",
+            rd,
+            "--index",
+            "0",
+            "--out",
+            log.as_str(),
+        ],
+        vec![
+            "interpolate",
+            "--ckpt",
+            rd,
+            "--index",
+            "0,1",
+            "--out",
+            conf.as_str(),
+        ],
+    ] {
+        one_line_error(&run(&args), 1, "would overwrite the run's own file");
+    }
+    // A folder, or a path below a file, is refused before the work.
+    let dirpath = dir.to_str().unwrap();
+    one_line_error(
+        &run(&["sample", "--ckpt", rd, "-n", "1", "--out", dirpath]),
+        1,
+        "is a folder",
+    );
+    let below = format!("{}/x.png", cfg.to_str().unwrap());
+    one_line_error(
+        &run(&[
+            "decode",
+            "--ckpt",
+            rd,
+            "--latent",
+            "z.npy",
+            "--out",
+            below.as_str(),
+        ]),
+        1,
+        "is not a folder",
+    );
+    assert_eq!(
+        std::fs::read(&ck).unwrap(),
+        before,
+        "the checkpoint changed"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
