@@ -1,5 +1,5 @@
 //! The loop shared by the fixed-step samplers (DDIM, DPM-Solver++, Heun, the
-//! generalised reverse SDE): walk a [`TimeGrid`](crate::TimeGrid) from `T` to
+//! generalised reverse SDE): walk a [`TimeGrid`] from `T` to
 //! `eps`, one [`GridStep`] per interval, calling the [`SamplerHooks`] after
 //! every step. A new fixed-step sampler is one file: a config implementing
 //! [`FixedStepConfig`] (grid, steps, end time, its own checks) and a stepper
