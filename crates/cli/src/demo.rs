@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use score_net::{NetBackend, UnetConfig};
 use sde_core::SdeConfig;
 use serde_json::json;
@@ -81,6 +81,17 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> Result<serde_json::Value> {
     if let Some(s) = ctx.seed {
         cfg.seed = s;
     }
+    // Everything the later phases need is checked before training.
+    cfg.validate()?;
+    if args.eval_images == 0 {
+        bail!("--eval-images must be at least 1");
+    }
+    let check_sampler = || -> Result<()> {
+        let sde = cfg.sde.with_num_steps(args.sample_steps).build()?;
+        Ok(solvers::SamplerConfig::default().validate(&sde)?)
+    };
+    check_sampler().with_context(|| format!("--sample-steps {}", args.sample_steps))?;
+    crate::common::check_output(&args.out.join("samples.png"), &run_dir, "--out")?;
     let done = if resume {
         train::TrainingCheckpoint::load(&run_dir)?.state.step >= cfg.training.steps
     } else {

@@ -91,3 +91,26 @@ fn outputs_never_replace_the_runs_files_and_are_checked_first() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The demo checks its sampling and evaluation settings before training.
+#[test]
+fn demo_checks_its_settings_before_training() {
+    let dir = tempdir("demo-args");
+    let out = dir.join("demo");
+    let o = out.to_str().unwrap();
+    for (args, needle) in [
+        (&["--eval-images", "0"][..], "--eval-images"),
+        (&["--sample-steps", "0"][..], "--sample-steps 0"),
+        (&["--sample-steps", "10"][..], "N must exceed beta_max"),
+        (&["--steps", "0"][..], "training.steps"),
+    ] {
+        let mut a = vec!["demo", "--out", o];
+        a.extend_from_slice(args);
+        let r = run(&a);
+        assert_eq!(r.status.code(), Some(1), "{args:?}");
+        let e = String::from_utf8_lossy(&r.stderr);
+        assert!(e.contains(needle), "{args:?}: {e}");
+        assert!(!out.join("run").exists(), "{args:?} trained first");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
