@@ -328,6 +328,7 @@ fn train_on<B: NetBackend, T: Task>(
     bar.set_position(trainer.state.step);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let log_path = out.join("log.jsonl");
+    reconcile_log(&log_path, if resume { trainer.state.step } else { 0 })?;
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -357,6 +358,36 @@ fn train_on<B: NetBackend, T: Task>(
         "device": device,
     });
     Ok((value, trainer, splits))
+}
+
+/// Makes `log.jsonl` continue exactly from the checkpoint's `step`: lines of
+/// later steps (written after the last checkpoint by a run that was then
+/// killed) and lines that are not log entries are dropped, so the resumed
+/// run's lines follow without duplicates; for a new run (`step = 0`) a stale
+/// log is emptied. Rewritten atomically.
+fn reconcile_log(path: &Path, step: u64) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        let tmp = path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, kept)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot rewrite {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// `scoresde train`.

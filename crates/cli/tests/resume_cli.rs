@@ -101,3 +101,76 @@ fn resume_trains_the_run_that_is_there_and_refuses_changes() {
     assert_eq!(v["steps"].as_u64(), Some(16));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `log.jsonl` continues exactly from the checkpoint's step: lines a killed
+/// run wrote after its last checkpoint are dropped on resume (no step twice),
+/// and a new run in a folder with a stale log (no checkpoint) starts it afresh.
+#[test]
+fn the_log_continues_from_the_checkpoint() {
+    let dir = tempdir("resume-log");
+    let cfg = tiny_config(&dir);
+    let c = cfg.to_str().unwrap();
+    let run_dir = dir.join("run");
+    let rd = run_dir.to_str().unwrap();
+    let log_path = run_dir.join("log.jsonl");
+    let steps = |text: &str| -> Vec<u64> {
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    json(&run(&[
+        "train",
+        "--json",
+        "--config",
+        c,
+        "--out",
+        rd,
+        "--steps",
+        "10",
+        "--log-every",
+        "5",
+    ]));
+    assert_eq!(
+        steps(&std::fs::read_to_string(&log_path).unwrap()),
+        vec![5, 10]
+    );
+    // What a run killed between its checkpoint (step 10) and the next one leaves.
+    let mut text = std::fs::read_to_string(&log_path).unwrap();
+    text.push_str(
+        "{\"step\":15,\"loss\":9.0,\"grad_norm\":1.0,\"lr\":0.002,\"images_per_sec\":1.0}\n",
+    );
+    text.push_str("{\"step\":20,\"lo");
+    std::fs::write(&log_path, text).unwrap();
+    json(&run(&[
+        "train", "--json", "--out", rd, "--resume", "--steps", "20",
+    ]));
+    let after = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(steps(&after), vec![5, 10, 15, 20], "{after}");
+    assert!(!after.contains("9.0"), "the stale line survived: {after}");
+
+    // A stale log without a checkpoint: a new run starts the log afresh.
+    let fresh = dir.join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    std::fs::write(fresh.join("log.jsonl"), "{\"step\":99,\"loss\":1.0}\n").unwrap();
+    json(&run(&[
+        "train",
+        "--json",
+        "--config",
+        c,
+        "--out",
+        fresh.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--log-every",
+        "5",
+    ]));
+    assert_eq!(
+        steps(&std::fs::read_to_string(fresh.join("log.jsonl")).unwrap()),
+        vec![5]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
