@@ -327,6 +327,23 @@ fn train_on<B: NetBackend, T: Task>(
     let bar = ctx.bar(trainer.cfg.training.steps, "train");
     bar.set_position(trainer.state.step);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // Temporary files of writes a killed run left unfinished (the files
+    // themselves are renamed into place only when complete).
+    for name in [
+        train::trainer::CHECKPOINT_FILE,
+        train::trainer::CONFIG_FILE,
+        "log.jsonl",
+    ] {
+        let tmp = out.join(format!("{name}.tmp"));
+        if tmp.is_file() {
+            std::fs::remove_file(&tmp)
+                .with_context(|| format!("cannot remove the stale {}", tmp.display()))?;
+            ctx.note(format!(
+                "removed {}, left by an interrupted write",
+                tmp.display()
+            ));
+        }
+    }
     let log_path = out.join("log.jsonl");
     reconcile_log(&log_path, if resume { trainer.state.step } else { 0 })?;
     let log_file = std::fs::OpenOptions::new()

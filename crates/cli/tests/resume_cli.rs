@@ -145,12 +145,23 @@ fn the_log_continues_from_the_checkpoint() {
     );
     text.push_str("{\"step\":20,\"lo");
     std::fs::write(&log_path, text).unwrap();
-    json(&run(&[
-        "train", "--json", "--out", rd, "--resume", "--steps", "20",
-    ]));
+    // ... and the 0-byte temporary file of a checkpoint write it was killed in.
+    let stale = run_dir.join("checkpoint.safetensors.tmp");
+    std::fs::write(&stale, b"").unwrap();
+    let o = run(&["train", "--json", "--out", rd, "--resume", "--steps", "20"]);
+    json(&o);
+    let err = support::stderr(&o);
+    assert!(
+        err.contains("checkpoint.safetensors.tmp, left by an interrupted write"),
+        "{err}"
+    );
     let after = std::fs::read_to_string(&log_path).unwrap();
     assert_eq!(steps(&after), vec![5, 10, 15, 20], "{after}");
     assert!(!after.contains("9.0"), "the stale line survived: {after}");
+    assert!(
+        !stale.exists(),
+        "the stale temporary checkpoint is still there"
+    );
 
     // A stale log without a checkpoint: a new run starts the log afresh.
     let fresh = dir.join("fresh");
