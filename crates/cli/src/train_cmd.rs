@@ -358,7 +358,17 @@ fn train_on<B: NetBackend, T: Task>(
         verbose: !ctx.json && !ctx.quiet,
         log_file: Some(log_file),
     };
-    let summary = trainer.run(&source, Some(out), &mut obs)?;
+    let summary = match trainer.run(&source, Some(out), &mut obs) {
+        Ok(s) => s,
+        Err(e @ train::TrainError::NonFinite { .. }) => {
+            let kept = match train::RunCheckpoint::<T>::load(&ck) {
+                Ok(c) => format!("the last checkpoint (step {}) is intact", c.state.step),
+                Err(_) => "no checkpoint had been written yet".to_string(),
+            };
+            bail!("{e}; {kept}");
+        }
+        Err(e) => return Err(e.into()),
+    };
     obs.bar.finish_and_clear();
     let value = json!({
         "command": if T::NAME == ClassifierTask::NAME { "train-classifier" } else { "train" },

@@ -114,3 +114,32 @@ fn demo_checks_its_settings_before_training() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A run that diverges before its first checkpoint says so, instead of
+/// claiming that a last good checkpoint is kept (issue 15, item 10).
+#[test]
+fn a_diverged_run_says_whether_a_checkpoint_exists() {
+    let dir = tempdir("diverged");
+    let cfg = tiny_config(&dir);
+    let rd = dir.join("run");
+    let o = run(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        rd.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--lr",
+        "1e30",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no checkpoint had been written yet"), "{err}");
+    assert!(
+        !err.contains("last good checkpoint") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!rd.join("checkpoint.safetensors").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

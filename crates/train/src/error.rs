@@ -28,9 +28,10 @@ pub enum TrainError {
         /// The parser's message.
         reason: String,
     },
-    /// The loss or the gradients became NaN or infinite; training stopped and
-    /// the last checkpoint written before this step is intact.
-    #[error("non-finite {what} at step {step} (loss {loss}); the last good checkpoint is kept")]
+    /// The loss or the gradients became NaN or infinite; training stopped
+    /// without updating the parameters or writing a checkpoint of this step
+    /// (an earlier checkpoint, if any, is intact).
+    #[error("non-finite {what} at step {step} (loss {loss}); training stopped without writing this step")]
     NonFinite {
         /// The step that produced it.
         step: u64,
