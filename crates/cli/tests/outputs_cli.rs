@@ -143,3 +143,26 @@ fn a_diverged_run_says_whether_a_checkpoint_exists() {
     assert!(!rd.join("checkpoint.safetensors").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Two identical runs write byte-identical checkpoints (issue 15, item 13).
+#[test]
+fn identical_runs_write_identical_checkpoints() {
+    let dir = tempdir("identical");
+    let cfg = tiny_config(&dir);
+    let bytes = |name: &str| {
+        let rd = dir.join(name);
+        json(&run(&[
+            "train",
+            "--json",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            rd.to_str().unwrap(),
+            "--steps",
+            "3",
+        ]));
+        std::fs::read(rd.join("checkpoint.safetensors")).unwrap()
+    };
+    assert!(bytes("a") == bytes("b"), "the checkpoints differ");
+    std::fs::remove_dir_all(&dir).ok();
+}

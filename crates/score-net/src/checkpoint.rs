@@ -204,7 +204,39 @@ pub fn save_container(
     let buffer_names: Vec<&str> = buffers.iter().map(|(n, _)| *n).collect();
     all.insert("buffers".into(), buffer_names.join(","));
     let out = safetensors::serialize(views, Some(all)).map_err(|e| bad(path, e.to_string()))?;
-    write_atomic(path, &out)
+    write_atomic(path, &canonical_header(out))
+}
+
+/// The same safetensors file with its JSON header's keys in sorted order, so
+/// that equal contents give equal bytes (the header's metadata map comes out
+/// of a `HashMap` in a per-process random order). The header keeps its
+/// length (the same keys and values, re-serialised compactly, padded with
+/// spaces as the format allows); a file that does not parse is returned as is.
+fn canonical_header(mut file: Vec<u8>) -> Vec<u8> {
+    let Some(len) = file
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| usize::try_from(n).ok())
+    else {
+        return file;
+    };
+    let Some(header) = file.get(8..8 + len) else {
+        return file;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return file;
+    };
+    // serde_json's map is ordered by key.
+    let Ok(sorted) = serde_json::to_vec(&value) else {
+        return file;
+    };
+    if sorted.len() <= len {
+        let mut padded = sorted;
+        padded.resize(len, b' ');
+        file[8..8 + len].copy_from_slice(&padded);
+    }
+    file
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`.

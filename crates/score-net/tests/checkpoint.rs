@@ -330,3 +330,28 @@ fn other_formats_are_refused_by_name() {
     .is_err());
     let _ = std::fs::remove_dir_all(tmp("x").parent().unwrap());
 }
+
+/// Equal contents give equal bytes: the header's metadata is written in
+/// sorted key order (its map's iteration order is random per map), with many
+/// extra keys so that two random orders would almost surely differ; and the
+/// file still loads.
+#[test]
+fn equal_checkpoints_are_byte_identical() {
+    let b = CpuBackend;
+    let m = model();
+    let extra: HashMap<String, String> = (0..24)
+        .map(|i| (format!("key{i}"), format!("value {i}")))
+        .collect();
+    let (p1, p2) = (tmp("a.safetensors"), tmp("b.safetensors"));
+    m.save(&b, &p1, StorageDtype::F32, &extra).unwrap();
+    // A map built in another order holds the same contents.
+    let again: HashMap<String, String> = (0..24)
+        .rev()
+        .map(|i| (format!("key{i}"), format!("value {i}")))
+        .collect();
+    m.save(&b, &p2, StorageDtype::F32, &again).unwrap();
+    assert_eq!(std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap());
+    let ck = checkpoint::load::<Unet>(&p2).unwrap();
+    assert_eq!(ck.extra.get("key7").map(String::as_str), Some("value 7"));
+    let _ = std::fs::remove_dir_all(p1.parent().unwrap());
+}
