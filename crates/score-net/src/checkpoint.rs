@@ -204,39 +204,80 @@ pub fn save_container(
     let buffer_names: Vec<&str> = buffers.iter().map(|(n, _)| *n).collect();
     all.insert("buffers".into(), buffer_names.join(","));
     let out = safetensors::serialize(views, Some(all)).map_err(|e| bad(path, e.to_string()))?;
-    write_atomic(path, &canonical_header(out))
+    write_atomic(path, &finish_file(out))
 }
 
-/// The same safetensors file with its JSON header's keys in sorted order, so
-/// that equal contents give equal bytes (the header's metadata map comes out
-/// of a `HashMap` in a per-process random order). The header keeps its
-/// length (the same keys and values, re-serialised compactly, padded with
-/// spaces as the format allows); a file that does not parse is returned as is.
-fn canonical_header(mut file: Vec<u8>) -> Vec<u8> {
-    let Some(len) = file
-        .get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_le_bytes)
-        .and_then(|n| usize::try_from(n).ok())
-    else {
-        return file;
-    };
-    let Some(header) = file.get(8..8 + len) else {
-        return file;
-    };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
-        return file;
-    };
-    // serde_json's map is ordered by key.
-    let Ok(sorted) = serde_json::to_vec(&value) else {
-        return file;
-    };
-    if sorted.len() <= len {
-        let mut padded = sorted;
-        padded.resize(len, b' ');
-        file[8..8 + len].copy_from_slice(&padded);
+/// The metadata key of the tensor data's checksum.
+const CHECKSUM_KEY: &str = "checksum";
+
+/// FNV-1a (64 bit) of `bytes`, as the checksum's text `fnv1a64:<hex>`.
+fn checksum(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    file
+    format!("fnv1a64:{h:016x}")
+}
+
+/// The header length and the data section of a safetensors file, if the
+/// file is long enough to hold what its first 8 bytes announce.
+fn split_file(file: &[u8]) -> Option<(usize, &[u8])> {
+    let len = usize::try_from(u64::from_le_bytes(file.get(..8)?.try_into().ok()?)).ok()?;
+    let data = file.get(8usize.checked_add(len)?..)?;
+    Some((len, data))
+}
+
+/// The same safetensors file with the checksum of its tensor data in the
+/// header's metadata and the header's keys in sorted order, so that equal
+/// contents give equal bytes (the metadata map comes out of a `HashMap` in a
+/// per-process random order). The header is re-serialised compactly and
+/// padded with spaces to a multiple of 8 bytes, as the format does; a file
+/// that does not parse is returned as is.
+fn finish_file(file: Vec<u8>) -> Vec<u8> {
+    let Some((len, data)) = split_file(&file) else {
+        return file;
+    };
+    let Ok(mut header) = serde_json::from_slice::<serde_json::Value>(&file[8..8 + len]) else {
+        return file;
+    };
+    if let Some(meta) = header
+        .get_mut("__metadata__")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        meta.insert(CHECKSUM_KEY.into(), checksum(data).into());
+    }
+    // serde_json's map is ordered by key.
+    let Ok(mut json) = serde_json::to_vec(&header) else {
+        return file;
+    };
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Checks the tensor data of `raw` against the checksum in its metadata
+/// (removed from `meta`); files written before checksums were stored have
+/// none and are not checked.
+fn verify_checksum(path: &Path, raw: &[u8], meta: &mut HashMap<String, String>) -> Result<()> {
+    let Some(want) = meta.remove(CHECKSUM_KEY) else {
+        return Ok(());
+    };
+    let (_, data) = split_file(raw).ok_or_else(|| bad(path, "truncated file"))?;
+    let got = checksum(data);
+    if got != want {
+        return Err(bad(
+            path,
+            format!(
+                "the tensor data are corrupt: checksum {got}, the file records {want} \
+                 (restore the file or use another checkpoint)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`.
@@ -290,6 +331,7 @@ pub fn load_container(
     layout_for: impl FnOnce(&str, &HashMap<String, String>) -> Result<Vec<(String, View)>>,
 ) -> Result<Container> {
     let (raw, mut meta) = read_file(path)?;
+    verify_checksum(path, &raw, &mut meta)?;
     let st = SafeTensors::deserialize(&raw)
         .map_err(|e| bad(path, format!("not a valid safetensors file ({e})")))?;
     let mut take = |k: &str| {

@@ -355,3 +355,30 @@ fn equal_checkpoints_are_byte_identical() {
     assert_eq!(ck.extra.get("key7").map(String::as_str), Some("value 7"));
     let _ = std::fs::remove_dir_all(p1.parent().unwrap());
 }
+
+/// Corrupt tensor data are an error naming the file (the data's checksum is
+/// stored in the header), not a silently different model; the intact file
+/// loads.
+#[test]
+fn corrupt_tensor_data_are_detected() {
+    let b = CpuBackend;
+    let m = model();
+    let path = tmp("c.safetensors");
+    m.save(&b, &path, StorageDtype::F32, &HashMap::new())
+        .unwrap();
+    let good = std::fs::read(&path).unwrap();
+    checkpoint::load::<Unet>(&path).unwrap();
+    // Flip 400 bytes at the end of the file (tensor data).
+    let mut bad = good.clone();
+    let n = bad.len();
+    for byte in &mut bad[n - 400..] {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&path, &bad).unwrap();
+    let err = checkpoint::load::<Unet>(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("corrupt") && err.contains("c.safetensors"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
