@@ -26,9 +26,9 @@ pub struct ModelArgs {
     /// Weights to use: the EMA (default, as in the paper) or the raw parameters.
     #[arg(long, default_value = "ema", value_parser = serde_enum::<Weights>)]
     pub weights: Weights,
-    /// Sampler steps: the fast samplers' step count; for PC (and inpaint,
-    /// colorize) the SDE's number of discretisation steps N, whose grid its
-    /// predictors need.
+    /// Sampler steps: the fixed-step samplers' step count (PC's levels with
+    /// --grid); for PC on the SDE's own grid (and inpaint, colorize) the
+    /// SDE's number of discretisation steps N, whose grid its predictors need.
     #[arg(long)]
     pub steps: Option<usize>,
 }
