@@ -119,7 +119,8 @@ impl Ctx {
     }
 }
 
-/// The process-wide Ctrl-C flag (the handler is installed on first use).
+/// The process-wide interruption flag, set by Ctrl-C (SIGINT), SIGTERM or
+/// SIGHUP (the handler is installed on first use; a second signal aborts).
 pub fn interrupted() -> Arc<AtomicBool> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     FLAG.get_or_init(|| {

@@ -142,6 +142,12 @@ fn human(v: &serde_json::Value) -> String {
     }
 }
 
+/// Exit status of a training run (`train`, `train-classifier`, `demo`)
+/// stopped by Ctrl-C or SIGTERM after writing its checkpoint: distinct from
+/// success (0), errors (1) and bad arguments (2), so scripts can tell that the
+/// run can be resumed.
+const EXIT_INTERRUPTED: u8 = 3;
+
 fn main() -> ExitCode {
     // Reuse freed activation buffers instead of faulting fresh pages in every
     // training or sampling step (about 9% of a CPU training step).
@@ -207,7 +213,12 @@ fn main() -> ExitCode {
             } else {
                 println!("{}", human(&v));
             }
-            ExitCode::SUCCESS
+            if v["interrupted"].as_bool() == Some(true) {
+                // Stopped by Ctrl-C / SIGTERM after saving a checkpoint.
+                ExitCode::from(EXIT_INTERRUPTED)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             // The cause chain on one line, skipping causes already quoted

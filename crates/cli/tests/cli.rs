@@ -343,7 +343,7 @@ fn train_sample_likelihood_latents_and_resume() {
 
 /// Killing training at arbitrary moments (SIGKILL, mid-checkpoint included,
 /// with a checkpoint every step) never leaves an unreadable checkpoint, and
-/// Ctrl-C (SIGINT) stops after writing one, exiting cleanly.
+/// Ctrl-C (SIGINT) and SIGTERM stop after writing one, with exit code 3.
 #[test]
 fn kill_never_breaks_the_checkpoint_and_ctrl_c_saves() {
     let dir = tempdir("kill");
@@ -387,26 +387,35 @@ fn kill_never_breaks_the_checkpoint_and_ctrl_c_saves() {
         "{steps_seen:?}"
     );
 
-    // SIGINT: the run stops after a checkpoint and reports it.
-    let mut a: Vec<&str> = args.to_vec();
-    a.push("--resume");
-    let child = bin()
-        .args(&a)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let st = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = child.wait_with_output().unwrap();
-    let v = json(&out);
-    assert_eq!(v["interrupted"], true, "{v}");
-    let ck = train::TrainingCheckpoint::load(&run_dir).unwrap();
-    assert_eq!(Some(ck.state.step), v["steps"].as_u64());
+    // SIGINT and SIGTERM: the run stops after a checkpoint, reports it, and
+    // exits with 3 ("interrupted, checkpoint saved").
+    for signal in ["-INT", "-TERM"] {
+        let mut a: Vec<&str> = args.to_vec();
+        a.push("--resume");
+        let child = bin()
+            .args(&a)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let st = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{signal}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["interrupted"], true, "{signal}: {v}");
+        let ck = train::TrainingCheckpoint::load(&run_dir).unwrap();
+        assert_eq!(Some(ck.state.step), v["steps"].as_u64(), "{signal}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
