@@ -22,9 +22,9 @@
 
 use sde_core::sde::linspace;
 use sde_core::{Backend, Coef, NoiseRng, ScoreModel, Sde, SdeExt, Shape};
-use solvers::{pc_level, PcConfig, SampleOutput, SamplerHooks, SolverError, StepInfo, Update};
+use solvers::{pc_level, PcConfig, SampleOutput, SamplerHooks, StepInfo, Update};
 
-use crate::error::{ensure, CondError, Result};
+use crate::error::{ensure, Result};
 
 /// How the conditional sampler enforces the known part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,18 +263,7 @@ where
         };
         solvers::hooks::report_step(&mut hooks, info)?;
     }
-    let samples = if cfg.denoise { state.x_mean } else { state.x };
-    b.check_finite(&samples, "samples").map_err(|_| {
-        CondError::Solver(SolverError::NonFinite {
-            what: "samples",
-            t: eps,
-        })
-    })?;
-    Ok(SampleOutput {
-        samples,
-        nfe,
-        nfe_per_sample: vec![nfe; batch],
-    })
+    Ok(SampleOutput::finish(b, state, cfg.denoise, eps, nfe)?)
 }
 
 /// Inpaints the unknown pixels of `known` with `model` (see the module

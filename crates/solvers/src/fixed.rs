@@ -78,18 +78,8 @@ where
         };
         report_step(hooks, info)?;
     }
-    let samples = if denoise { state.x_mean } else { state.x };
     let t_end = times.last().copied().unwrap_or(0.0);
-    b.check_finite(&samples, "samples")
-        .map_err(|_| SolverError::NonFinite {
-            what: "samples",
-            t: t_end,
-        })?;
-    Ok(SampleOutput {
-        samples,
-        nfe,
-        nfe_per_sample: vec![nfe; batch],
-    })
+    SampleOutput::finish(b, state, denoise, t_end, nfe)
 }
 
 /// The score of the whole batch at the common time `t`.

@@ -144,3 +144,29 @@ pub struct SampleOutput<T> {
     /// ODE finished early).
     pub nfe_per_sample: Vec<usize>,
 }
+
+impl<T> SampleOutput<T> {
+    /// The output of a fixed-step loop that ended in `state` at time `t_end`
+    /// after `nfe` batched evaluations: the state, or its noise-free mean when
+    /// `denoise`, checked finite (else [`SolverError::NonFinite`](crate::SolverError::NonFinite)).
+    pub fn finish<B: Backend<Tensor = T>>(
+        b: &B,
+        state: Update<T>,
+        denoise: bool,
+        t_end: f64,
+        nfe: usize,
+    ) -> Result<Self> {
+        let samples = if denoise { state.x_mean } else { state.x };
+        b.check_finite(&samples, "samples")
+            .map_err(|_| crate::SolverError::NonFinite {
+                what: "samples",
+                t: t_end,
+            })?;
+        let batch = b.shape(&samples).batch();
+        Ok(SampleOutput {
+            samples,
+            nfe,
+            nfe_per_sample: vec![nfe; batch],
+        })
+    }
+}

@@ -338,15 +338,5 @@ where
         };
         report_step(hooks, info)?;
     }
-    let samples = if cfg.denoise { state.x_mean } else { state.x };
-    b.check_finite(&samples, "samples")
-        .map_err(|_| SolverError::NonFinite {
-            what: "samples",
-            t: eps,
-        })?;
-    Ok(SampleOutput {
-        samples,
-        nfe,
-        nfe_per_sample: vec![nfe; batch],
-    })
+    SampleOutput::finish(b, state, cfg.denoise, eps, nfe)
 }
