@@ -232,6 +232,11 @@ fn train_sample_likelihood_latents_and_resume() {
         (&["--sampler", "ddim", "--eta", "2"][..], "eta"),
         (&["--sampler", "heun", "--grid", "edm:0"][..], "rho"),
         (&["--sampler", "pc", "--grid", "edm"][..], "own grid"),
+        (
+            &["--sampler", "dpm-solver", "--steps", "18446744073709551615"][..],
+            "at most",
+        ),
+        (&["--steps", "1000000000000"][..], "num_steps"),
     ] {
         let mut args = vec!["sample", "--ckpt", rd, "-n", "1"];
         args.extend_from_slice(flags);

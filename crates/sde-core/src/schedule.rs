@@ -58,14 +58,9 @@ pub struct ScheduleSde<K> {
 }
 
 impl<K: Kernel> ScheduleSde<K> {
-    /// The SDE of `kernel` with `N = num_steps >= 1`.
+    /// The SDE of `kernel` with `N = num_steps` in `1..=MAX_STEPS`.
     pub fn new(kernel: K, num_steps: usize) -> Result<Self> {
-        ensure_param(
-            num_steps >= 1,
-            "num_steps",
-            num_steps,
-            "N must be at least 1",
-        )?;
+        crate::sde::check_steps(num_steps)?;
         Ok(ScheduleSde { kernel, num_steps })
     }
 

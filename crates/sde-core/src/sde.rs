@@ -213,8 +213,17 @@ pub trait Sde: Send + Sync + std::fmt::Debug {
     }
 }
 
-fn check_steps(n: usize) -> Result<()> {
-    ensure_param(n >= 1, "num_steps", n, "N must be at least 1")
+/// The most discretisation steps an SDE takes (its schedules are tables of
+/// `N` values, and a sampler evaluates the model at least once per step).
+pub const MAX_STEPS: usize = 10_000_000;
+
+pub(crate) fn check_steps(n: usize) -> Result<()> {
+    ensure_param(
+        (1..=MAX_STEPS).contains(&n),
+        "num_steps",
+        n,
+        format!("N must lie in 1..={MAX_STEPS}"),
+    )
 }
 
 /// The DDPM chain needs `beta_i = beta(t)/N < 1` for every step.

@@ -72,6 +72,13 @@ fn invalid_schedules() {
         .check_discrete_chain()
         .is_ok());
     assert!(VpSde::new(0.1, 20.0, 21).is_ok() && SubVpSde::new(0.1, 20.0, 21).is_ok());
+    // Sizes are bounded before the schedule tables are allocated.
+    let huge = sde_core::sde::MAX_STEPS + 1;
+    assert!(VeSde::new(0.01, 50.0, huge).is_err() && VpSde::new(0.1, 20.0, huge).is_err());
+    assert!(sde_core::SdeConfig::default_for(sde_core::SdeKind::Cosine)
+        .with_num_steps(usize::MAX)
+        .build()
+        .is_err());
     let msg = VeSde::new(1.0, 0.5, 10).unwrap_err().to_string();
     assert!(msg.contains("sigma_max") && msg.contains("0.5"), "{msg}");
 }

@@ -14,7 +14,7 @@ use std::str::FromStr;
 
 pub use sde_core::schedule::noise_to_signal;
 use sde_core::schedule::time_for_noise_to_signal as time_for_sigma;
-use sde_core::sde::linspace;
+use sde_core::sde::{linspace, MAX_STEPS};
 use sde_core::Sde;
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +91,12 @@ impl TimeGrid {
     /// The `n + 1` times `T = t_0 > t_1 > ... > t_n = eps` of `n` steps.
     pub fn times<S: Sde + ?Sized>(&self, sde: &S, n: usize, eps: f64) -> Result<Vec<f64>> {
         ensure(n >= 1, "steps", n, "a sampler needs at least one step")?;
+        ensure(
+            n <= MAX_STEPS,
+            "steps",
+            n,
+            format!("at most {MAX_STEPS} steps"),
+        )?;
         let t_max = sde.t_max();
         ensure(
             eps.is_finite() && eps > 0.0 && eps < t_max,

@@ -90,6 +90,15 @@ fn invalid_fast_sampler_settings_are_refused_before_any_work() {
             steps: 0,
             ..DdimConfig::default()
         }),
+        // Huge step counts are refused before the grid is allocated.
+        SamplerConfig::DpmSolver(DpmSolverConfig {
+            steps: usize::MAX,
+            ..DpmSolverConfig::default()
+        }),
+        SamplerConfig::Heun(HeunConfig {
+            steps: 1_000_000_000,
+            ..HeunConfig::default()
+        }),
         SamplerConfig::DpmSolver(DpmSolverConfig {
             eps: Some(1.5),
             ..DpmSolverConfig::default()
